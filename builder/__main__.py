@@ -1,0 +1,7 @@
+"""`python -m builder` → the pybuild CLI."""
+
+import sys
+
+from builder.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The pybuild command line: a click group with lazily imported verbs, global flags, one
+error presenter and docker's exit codes.
+
+Only click and the stdlib-only error bases are imported at module scope, so ``--help``
+stays light (DESIGN C9; tests/cli/test_import_weight.py). ``pybuild -t app:1.0 .`` (a
+first argument that is an option or a path) falls through to ``build``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from builder.commands import Globals
+from builder.errors import BuildError
+from grammar.errors import ParseError
+from registry.errors import RegistryError
+from runtime.errors import SandboxError
+
+_EXPECTED = (ParseError, BuildError, RegistryError, SandboxError)
+
+# verb -> "module:attribute"; a module is imported only when its verb runs.
+_VERBS: dict[str, str] = {
+    "build": "builder.commands.build:build",
+    "builds": "builder.commands.builds:builds",
+    "context": "builder.commands.build:context",
+    "parse": "builder.commands.parse:parse",
+    "images": "builder.commands.images:images",
+    "image": "builder.commands.images:image",
+    "inspect": "builder.commands.images:inspect",
+    "history": "builder.commands.images:history",
+    "tag": "builder.commands.images:tag",
+    "rmi": "builder.commands.images:rmi",
+    "save": "builder.commands.archive:save",
+    "load": "builder.commands.archive:load",
+    "import": "builder.commands.archive:import_",
+    "system": "builder.commands.images:system",
+    "pull": "builder.commands.transfer:pull",
+    "push": "builder.commands.transfer:push",
+    "login": "builder.commands.transfer:login",
+    "logout": "builder.commands.transfer:logout",
+    "run": "builder.commands.run:run",
+}
+
+VERSION = "0.1.0"
+UNKNOWN_ERROR = 125
+
+
+def _looks_like_build_arg(arg: str) -> bool:
+    """A first argument that is not a verb but an option, a path or a URL means `build`."""
+    return (arg.startswith("-") or arg in (".", "..") or "/" in arg or Path(arg).exists()
+            or arg.startswith(("http://", "https://", "git@")))
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(v for v in _VERBS if self._available(v))
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = _VERBS[name].split(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _VERBS.get(cmd_name)
+        if target is None or not self._available(cmd_name):
+            return None
+        module, attr = target.split(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        first = args[0] if args else ""
+        if first not in _VERBS and _looks_like_build_arg(first):
+            build = self.get_command(ctx, "build")
+            if build is not None:
+                return "build", build, args
+        if first and first not in _VERBS:
+            guess = difflib.get_close_matches(first, list(_VERBS), n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            raise click.UsageError(f"unknown command {first!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def _print_version(debug: bool) -> None:
+    click.echo(f"pybuild version {VERSION}")
+    if debug:
+        for pkg in ("builder", "grammar", "registry", "runtime"):
+            mod = importlib.import_module(pkg)
+            click.echo(f"  {pkg}: {Path(mod.__file__ or '?').parent}")
+        click.echo(f"  python: {sys.executable} {sys.version.split()[0]}")
+
+
+@click.group(cls=_LazyGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"],
+                               "ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.option("--root", type=click.Path(file_okay=False), envvar="PYBUILD_ROOT",
+              help="Store directory (default: /var/lib/pybuild as root, else $XDG_DATA_HOME/pybuild).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("--version", "show_version", is_flag=True, help="Print the version and exit.")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, debug: bool, show_version: bool) -> None:
+    """pybuild: build, run, push and pull container images without a daemon.
+
+    `pybuild -t app:1.0 .` is short for `pybuild build -t app:1.0 .`.
+    """
+    ctx.obj = Globals(root=root, debug=debug)
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    if show_version:
+        _print_version(debug)
+        ctx.exit(0)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _present(exc: BaseException) -> None:
+    text = exc.render() if isinstance(exc, ParseError) else str(exc)
+    click.echo(f"error: {text}", err=True)
+    hint = getattr(exc, "hint", None)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (docker's/podman's conventions)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
+    try:
+        rv: Any = cli.main(args=args, prog_name="pybuild", standalone_mode=False)
+        return int(rv or 0) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        return UNKNOWN_ERROR  # docker and podman exit 125 on flag errors
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (`pybuild images | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 141
+    except _EXPECTED as exc:
+        if debug:
+            raise
+        _present(exc)
+        return int(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug notice, exit 125
+        if debug:
+            raise
+        click.echo(f"error: internal error ({type(exc).__name__}: {exc})", err=True)
+        click.echo("hint: this is a pybuild bug; re-run with --debug for the traceback and report it",
+                   err=True)
+        return UNKNOWN_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""CLI verbs, one module per verb family, imported only when their verb runs.
+
+Shared here: ``Globals`` (the group's flags) and ``pass_globals``. Only click and the
+stdlib at module scope; each command imports its library code inside its function.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from registry.store import DirStore
+
+
+@dataclass
+class Globals:
+    root: str | None = None
+    debug: bool = False
+    _store: DirStore | None = field(default=None, repr=False)
+
+    @property
+    def root_path(self) -> Path:
+        from registry.store import default_root
+
+        return Path(self.root) if self.root else default_root()
+
+    def store(self) -> DirStore:
+        """The local store (created on first use)."""
+        if self._store is None:
+            from registry.store import DirStore
+
+            self._store = DirStore(self.root_path)
+        return self._store
+
+
+pass_globals = click.make_pass_decorator(Globals, ensure=True)
+
+
+def returns_code(fn: Any) -> Any:
+    """Commands return an int exit code; click's standalone_mode=False hands it to main()."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        return int(fn(*args, **kwargs) or 0)
+
+    return wrapper
