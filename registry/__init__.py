@@ -6,7 +6,8 @@ deterministic layer tars, the local content store (an OCI image layout) and, und
 packages; third-party: requests, zstandard, cryptography, isal (all imported lazily).
 
 Public surface (lazy, PEP 562): Digest, Descriptor, Manifest, Index, ImageConfig,
-DirStore, parse_reference, Reference, canonical_json.
+DirStore, StoreImage, resolve_image, parse_reference, Reference, canonical_json. Modules:
+image (resolution, listing), archive (save/load/import), gc (roots, collection), changes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _EXPORTS = {
     "ImageConfig": "registry.model",
     "canonical_json": "registry.model",
     "DirStore": "registry.store",
+    "StoreImage": "registry.image",
+    "resolve_image": "registry.image",
     "Reference": "registry.reference",
     "parse_reference": "registry.reference",
 }
@@ -37,9 +40,10 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from registry.digest import Digest
+    from registry.image import StoreImage, resolve_image
     from registry.model import Descriptor, ImageConfig, Index, Manifest, canonical_json
     from registry.reference import Reference, parse_reference
     from registry.store import DirStore
 
 __all__ = ["Descriptor", "Digest", "DirStore", "ImageConfig", "Index", "Manifest", "Reference",
-           "canonical_json", "parse_reference"]
+           "StoreImage", "canonical_json", "parse_reference", "resolve_image"]

@@ -9,7 +9,7 @@ fixed level and a fixed worker count (zstd's multi-threaded output does not depe
 from __future__ import annotations
 
 import io
-from typing import IO, Any, BinaryIO, Literal, Protocol
+from typing import IO, Any, BinaryIO, Literal, Protocol, cast
 
 from registry import mediatypes as mt
 
@@ -44,7 +44,7 @@ class _NoClose(io.RawIOBase):
 def codec_of(media_type: str) -> Codec:
     kind = mt.compression_of(media_type)
     assert kind in CODECS
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def sniff(head: bytes) -> Codec:
@@ -60,48 +60,50 @@ def compressor(out: Writable, codec: Codec, *, level: int | None = None) -> Bina
     """A writable whose ``close()`` finishes the compressed stream (``out`` stays open)."""
     sink = _NoClose(out)
     if codec == "none":
-        return io.BufferedWriter(sink, buffer_size=1 << 20)  # type: ignore[return-value]
+        return cast(BinaryIO, io.BufferedWriter(sink, buffer_size=1 << 20))
     if codec == "gzip":
         try:
             from isal import igzip
         except ImportError:
             import gzip
 
-            return gzip.GzipFile(filename="", mode="wb", fileobj=sink,  # type: ignore[return-value]
-                                 compresslevel=level or 6, mtime=0)
-        return igzip.IGzipFile(filename="", mode="wb", fileobj=sink,  # type: ignore[return-value]
-                               compresslevel=GZIP_LEVEL if level is None else level, mtime=0)
+            return cast(BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=cast(Any, sink),
+                                                compresslevel=level or 6, mtime=0))
+        factory: Any = igzip.IGzipFile  # untyped in isal's stubs
+        return cast(BinaryIO, factory(filename="", mode="wb", fileobj=sink,
+                                      compresslevel=GZIP_LEVEL if level is None else level, mtime=0))
     if codec == "zstd":
         import zstandard
 
         cctx = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, threads=ZSTD_THREADS,
                                         write_content_size=False)
-        return cctx.stream_writer(sink, closefd=False)  # type: ignore[return-value]
+        return cast(BinaryIO, cctx.stream_writer(cast(Any, sink), closefd=False))
     raise ValueError(f"unknown codec {codec!r}")
 
 
 def decompressor(raw: IO[bytes], codec: Codec) -> BinaryIO:
     """A readable of the decompressed bytes of ``raw`` (multi-member gzip and multi-frame zstd)."""
     if codec == "none":
-        return raw  # type: ignore[return-value]
+        return cast(BinaryIO, raw)
     if codec == "gzip":
         try:
             from isal import igzip
         except ImportError:
             import gzip
 
-            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+        factory: Any = igzip.IGzipFile  # untyped in isal's stubs
+        return cast(BinaryIO, factory(fileobj=raw, mode="rb"))
     if codec == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
-            raw, read_across_frames=True, closefd=False)
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=False))
     raise ValueError(f"unknown codec {codec!r}")
 
 
 def open_sniffed(raw: BinaryIO) -> tuple[Codec, BinaryIO]:
     """Decompress a stream whose codec is unknown (``pybuild load``/``import`` of any tarball)."""
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw, 1 << 16)  # type: ignore[arg-type]
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(cast(Any, raw), 1 << 16)
     codec = sniff(buffered.peek(4)[:4])
     return codec, decompressor(buffered, codec)

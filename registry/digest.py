@@ -39,7 +39,7 @@ class Digest:
 
     @classmethod
     def of_file(cls, f: IO[bytes]) -> Digest:
-        return cls("sha256", hashlib.file_digest(f, "sha256").hexdigest())
+        return cls("sha256", hashlib.file_digest(f, "sha256").hexdigest())  # type: ignore[arg-type]
 
     @property
     def short(self) -> str:

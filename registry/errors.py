@@ -78,11 +78,45 @@ class StoreCorrupt(RegistryError):
                          hint="run `pybuild system check` or remove the damaged entry")
 
 
+class StoreBusy(RegistryError):
+    """The store lock could not be taken in time (another pybuild holds it)."""
+
+    def __init__(self, root: str, mode: str) -> None:
+        super().__init__(f"store {root} is busy: could not take the {mode} lock",
+                         hint="another pybuild (a build, pull or gc) is using the store; retry later")
+        self.root = root
+
+
+class AmbiguousImage(RegistryError):
+    def __init__(self, text: str, candidates: int) -> None:
+        super().__init__(f"ambiguous image ID prefix {text!r}: matches {candidates} images",
+                         hint="give more characters of the ID, or a name")
+        self.text = text
+
+
+class NoMatchingPlatform(RegistryError):
+    def __init__(self, what: str, want: str, available: list[str]) -> None:
+        have = ", ".join(available) or "none"
+        super().__init__(f"{what}: no manifest for platform {want} (available: {have})",
+                         hint="pick one with --platform os/arch[/variant]")
+        self.want, self.available = want, available
+
+
 class UnsupportedMediaType(RegistryError):
     def __init__(self, media_type: str, *, where: str = "") -> None:
         at = f" in {where}" if where else ""
         super().__init__(f"unsupported media type {media_type!r}{at}")
         self.media_type = media_type
+
+
+class InvalidChange(RegistryError):
+    """A ``--change`` line that is not a supported Dockerfile instruction."""
+
+    exit_code: ClassVar[int] = 125
+
+    def __init__(self, line: str, why: str) -> None:
+        super().__init__(f"invalid change {line!r}: {why}")
+        self.line = line
 
 
 class ArchiveError(RegistryError):

@@ -21,7 +21,11 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import stat
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from registry.errors import (
     ImageNotFound,
     InvalidDigest,
     SizeMismatch,
+    StoreBusy,
     StoreCorrupt,
 )
 from registry.model import Descriptor, canonical_json
@@ -44,6 +49,12 @@ LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 MAX_JSON_BLOB = 4 << 20  # manifests and configs larger than this are refused when read whole
 
 IndexUpdate = Callable[[list[Descriptor]], list[Descriptor]]
+STALE_RESUMABLE_SECONDS = 7 * 24 * 3600  # resumable partial downloads older than this are swept
+
+# Store locks held by the current thread: root -> "sh" | "ex". flock locks belong to an open
+# file description, so a second flock on a new fd from the same thread would deadlock against
+# its own exclusive lock; this table lets gc (exclusive) call index updates (shared) safely.
+_HELD = threading.local()
 
 
 def default_root() -> Path:
@@ -180,9 +191,51 @@ class DirStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def lock(self, *, shared: bool = False, blocking: bool = True) -> contextlib.AbstractContextManager[int]:
-        """The store lock: writers hold it shared, gc exclusively."""
-        return flocked(self.root / "lock", shared=shared, blocking=blocking)
+    @contextlib.contextmanager
+    def lock(self, *, shared: bool = False, blocking: bool = True,
+             timeout: float | None = None) -> Iterator[int]:
+        """The store lock: writers hold it shared, gc exclusively.
+
+        Every blob ingest and index update takes it shared by itself; a multi-step writer
+        (ingest layers, then config, manifest, tag) holds it shared around all the steps so gc
+        cannot collect its not-yet-referenced blobs in between. Re-entrant within a thread
+        (a shared request inside an exclusive hold nests; upgrading shared to exclusive is a
+        RuntimeError). Raises StoreBusy when ``blocking=False`` or ``timeout`` expires.
+        """
+        held: dict[str, str] = _HELD.__dict__.setdefault("held", {})
+        key = str(self.root)
+        mode = held.get(key)
+        if mode is not None:
+            if mode == "sh" and not shared:
+                raise RuntimeError("store lock: cannot upgrade a shared hold to exclusive")
+            yield -1  # nested: the outer hold covers it
+            return
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            if blocking and timeout is None:
+                fcntl.flock(fd, op)
+            else:
+                deadline = time.monotonic() + (timeout or 0.0)
+                while True:
+                    try:
+                        fcntl.flock(fd, op | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not blocking or time.monotonic() >= deadline:
+                            raise StoreBusy(str(self.root), "shared" if shared else "exclusive") from None
+                        time.sleep(0.05)
+            held[key] = "sh" if shared else "ex"
+            try:
+                yield fd
+            finally:
+                del held[key]
+        finally:
+            os.close(fd)
+
+    def writing(self) -> contextlib.AbstractContextManager[int]:
+        """Hold the store lock shared for a multi-step write (see ``lock``)."""
+        return self.lock(shared=True)
 
     # -- blobs --------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -238,10 +291,15 @@ class DirStore:
         With ``resume_key`` a failed ingest keeps its partial bytes under that key, and the
         next ingest with the same key starts at ``writer.offset`` (the pull resume path).
         """
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
-        name = f"k-{resume_key}" if resume_key else f"t-{secrets.token_hex(12)}"
         if resume_key and ("/" in resume_key or resume_key.startswith(".")):
             raise ValueError(f"bad resume key {resume_key!r}")
+        with self.lock(shared=True):
+            yield from self._ingest(expected, size, resume_key)
+
+    def _ingest(self, expected: Digest | None, size: int | None,
+                resume_key: str | None) -> Iterator[BlobWriter]:
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        name = f"k-{resume_key}" if resume_key else f"t-{secrets.token_hex(12)}"
         path = self.ingest_dir / name
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         if not resume_key:
@@ -345,24 +403,36 @@ class DirStore:
 
     def update_index(self, fn: IndexUpdate) -> None:
         """Read-modify-write index.json under ``index.lock``; ``fn`` returns the new list."""
-        with flocked(self.root / "index.lock"):
+        with self.lock(shared=True), flocked(self.root / "index.lock"):
             new = fn(self.entries())
             atomic_write(self.index_path, self._render_index(new))
 
-    def tag(self, name: str, desc: Descriptor) -> None:
-        """Point ``name`` at ``desc`` (replacing any previous target). The target must be stored."""
-        if not self.has(desc.digest):
-            raise BlobNotFound(desc.digest)
+    def tag(self, name: str, desc: Descriptor, *, keep_dangling: bool = True) -> None:
+        """Point ``name`` at ``desc`` (replacing any previous target). The target must be stored.
+
+        As with docker, an image that loses its last name this way stays listed as an untagged
+        (``<none>``) entry until ``image prune`` (``keep_dangling=False`` drops it instead).
+        """
         tagged = desc.with_annotations({**desc.annotations, REF_NAME: name})
 
         def update(entries: list[Descriptor]) -> list[Descriptor]:
+            previous = [d for d in entries if d.annotations.get(REF_NAME) == name]
             out = [d for d in entries if d.annotations.get(REF_NAME) != name]
             # A dangling (untagged) entry for the same manifest becomes this tag.
             out = [d for d in out if REF_NAME in d.annotations or d.digest != desc.digest]
             out.append(tagged)
+            if keep_dangling:
+                for old in previous:
+                    if all(d.digest != old.digest for d in out):
+                        plain = {k: v for k, v in old.annotations.items() if k != REF_NAME}
+                        out.append(old.with_annotations(plain))
             return out
 
-        self.update_index(update)
+        # Held across the check and the write so gc cannot collect the target in between.
+        with self.lock(shared=True):
+            if not self.has(desc.digest):
+                raise BlobNotFound(desc.digest)
+            self.update_index(update)
 
     def untag(self, name: str) -> Descriptor:
         """Remove tag ``name``; returns what it pointed to. ImageNotFound if absent."""
@@ -384,8 +454,6 @@ class DirStore:
 
     def add_untagged(self, desc: Descriptor) -> None:
         """Record an image with no name (docker's <none>:<none>), unless it is already present."""
-        if not self.has(desc.digest):
-            raise BlobNotFound(desc.digest)
 
         def update(entries: list[Descriptor]) -> list[Descriptor]:
             if any(d.digest == desc.digest for d in entries):
@@ -393,21 +461,48 @@ class DirStore:
             plain = {k: v for k, v in desc.annotations.items() if k != REF_NAME}
             return [*entries, desc.with_annotations(plain)]
 
-        self.update_index(update)
+        with self.lock(shared=True):
+            if not self.has(desc.digest):
+                raise BlobNotFound(desc.digest)
+            self.update_index(update)
 
     def remove_entries(self, digests: Iterable[Digest]) -> None:
         gone = set(digests)
         self.update_index(lambda entries: [d for d in entries if d.digest not in gone])
 
-    def sweep_ingest(self) -> int:
-        """Delete abandoned temporary ingests (not resumable ones). Caller holds the exclusive lock."""
+    def sweep_ingest(self, *, resumable_max_age: float = STALE_RESUMABLE_SECONDS) -> int:
+        """Delete abandoned temporary ingests and spool directories (``t-*``), resumable
+        partial blobs (``k-*``) older than ``resumable_max_age`` seconds, and temp files a
+        killed atomic write left in the root. Caller holds the exclusive lock (gc does)."""
         count = 0
-        if not self.ingest_dir.is_dir():
-            return 0
-        for entry in os.scandir(self.ingest_dir):
-            if entry.name.startswith("t-"):
+        now = time.time()
+        if self.ingest_dir.is_dir():
+            for entry in os.scandir(self.ingest_dir):
+                path = Path(entry.path)
+                try:
+                    if entry.name.startswith("t-"):
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(path)
+                        else:
+                            path.unlink()
+                        count += 1
+                    elif entry.name.startswith("k-") and \
+                            now - entry.stat(follow_symlinks=False).st_mtime > resumable_max_age:
+                        path.unlink()
+                        count += 1
+                except FileNotFoundError:
+                    continue
+        for entry in os.scandir(self.root):
+            name = entry.name
+            if name.startswith(".") and name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
                     Path(entry.path).unlink()
                     count += 1
         return count
+
+    def spool_dir(self) -> contextlib.AbstractContextManager[str]:
+        """A private temporary directory under ingest/ (same filesystem as the blobs, so
+        spooled files can be renamed in); removed on exit, swept by gc after a crash."""
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix="t-spool-", dir=self.ingest_dir)
 

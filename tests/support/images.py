@@ -2,8 +2,10 @@
 
 ``busybox``: Debian's busybox-static binary plus its applet symlinks, passwd/group/shadow,
 /tmp (1777) and /root (0700), one deterministic gzip layer with every mtime at BUSYBOX_EPOCH,
-so the digest is fixed for a given busybox-static package. Session fixtures build it once;
-``busybox_in_registry`` pushes it to the test registry with skopeo (an independent client).
+so the digest is fixed for a given busybox-static package (recipe: tests/support/rootfs.py).
+Session fixtures build it once; ``busybox_in_registry`` pushes it to the test registry with
+skopeo (an independent client); ``busybox_rootfs_tar`` is the same rootfs as a plain tar (the
+input of `pybuild import`). ``tiny_image`` makes small distinct images fast.
 """
 
 from __future__ import annotations
@@ -16,58 +18,27 @@ from pathlib import Path
 
 import pytest
 
-from registry.imagebuild import rfc3339, single_layer_config, store_image
+from registry.imagebuild import host_arch, rfc3339, single_layer_config, store_image
 from registry.layertar import TarEntry, write_layer
-from registry.model import ContainerConfig, Descriptor
+from registry.model import ContainerConfig, Descriptor, History, ImageConfig
 from registry.store import DirStore
 
-BUSYBOX_BIN = Path("/bin/busybox")
-BUSYBOX_EPOCH = 1700000000
-BUSYBOX_REF = "docker.io/library/busybox:latest"
-PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The rootfs recipe lives in tests/support/rootfs.py (shared with scripts/mk-busybox-rootfs.py);
+# its names are re-exported here for the fixtures' users.
+from tests.support.rootfs import (
+    BUSYBOX_BIN,
+    BUSYBOX_EPOCH,
+    BUSYBOX_REF,
+    GROUP,
+    PASSWD,
+    PATH_ENV,
+    SHADOW,
+    busybox_entries,
+    have_busybox,
+)
 
-PASSWD = b"""root:x:0:0:root:/root:/bin/sh
-daemon:x:1:1:daemon:/usr/sbin:/bin/false
-bin:x:2:2:bin:/bin:/bin/false
-sys:x:3:3:sys:/dev:/bin/false
-www-data:x:33:33:www-data:/var/www:/bin/false
-nobody:x:65534:65534:nobody:/home:/bin/false
-"""
-GROUP = b"""root:x:0:
-daemon:x:1:
-bin:x:2:
-sys:x:3:
-wheel:x:10:root
-www-data:x:33:
-nogroup:x:65534:
-"""
-SHADOW = b"root:*::0:::::\nnobody:*::0:::::\n"
-
-
-def have_busybox() -> bool:
-    return BUSYBOX_BIN.is_file()
-
-
-def busybox_entries(epoch: int = BUSYBOX_EPOCH) -> list[TarEntry]:
-    """The busybox rootfs as layer entries (no files on disk needed)."""
-    applets = subprocess.run([str(BUSYBOX_BIN), "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    dirs = {"bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755,
-            "etc": 0o755, "root": 0o700, "tmp": 0o1777, "home": 0o755, "var": 0o755,
-            "var/spool": 0o755, "var/spool/mail": 0o755, "var/www": 0o755, "proc": 0o755,
-            "sys": 0o755, "dev": 0o755}
-    entries = [TarEntry(d, "dir", mode=m, mtime=epoch) for d, m in dirs.items()]
-    size = BUSYBOX_BIN.stat().st_size
-    entries.append(TarEntry("bin/busybox", "file", mode=0o755, size=size, source=BUSYBOX_BIN,
-                            mtime=epoch))
-    for applet in applets:
-        if applet == "bin/busybox":
-            continue
-        entries.append(TarEntry(applet, "symlink", mode=0o777, linkname="/bin/busybox", mtime=epoch))
-    for name, data, mode in (("etc/passwd", PASSWD, 0o644), ("etc/group", GROUP, 0o644),
-                             ("etc/shadow", SHADOW, 0o640)):
-        entries.append(TarEntry(name, "file", mode=mode, size=len(data), data=data, mtime=epoch))
-    return entries
+__all__ = ["BUSYBOX_BIN", "BUSYBOX_EPOCH", "BUSYBOX_REF", "GROUP", "PASSWD", "PATH_ENV", "SHADOW",
+           "StoredImage", "build_busybox", "busybox_entries", "have_busybox", "tiny_image"]
 
 
 def build_busybox(store: DirStore, *, tags: tuple[str, ...] = (BUSYBOX_REF,),
@@ -80,6 +51,21 @@ def build_busybox(store: DirStore, *, tags: tuple[str, ...] = (BUSYBOX_REF,),
         container=ContainerConfig(env=(PATH_ENV,), cmd=("sh",),
                                   labels={"org.opencontainers.image.title": "busybox"}))
     return store_image(store, config, [layer], tags=tags)
+
+
+def tiny_image(store: DirStore, *tags: str, content: bytes = b"hello\n", created: int = BUSYBOX_EPOCH,
+               layers: int = 1, labels: dict[str, str] | None = None) -> Descriptor:
+    """A small image (``layers`` one-file layers plus an empty-layer history entry), tagged with
+    ``tags`` (full references) or stored untagged. Different ``content`` gives a different ID."""
+    blobs = [write_layer([TarEntry(f"file{i}", "file", size=len(content), data=content, mtime=created)],
+                         store, "gzip") for i in range(layers)]
+    when = rfc3339(created)
+    history = [History(created=when, created_by=f"/bin/sh -c echo {i} > /file{i}") for i in range(layers)]
+    history.append(History(created=when, created_by='/bin/sh -c #(nop)  CMD ["sh"]', empty_layer=True))
+    config = ImageConfig(architecture=host_arch(), os="linux",
+                         config=ContainerConfig(cmd=("sh",), labels=labels or {}),
+                         diff_ids=tuple(b.diff_id for b in blobs), history=tuple(history), created=when)
+    return store_image(store, config, blobs, tags=tags)
 
 
 @dataclass(frozen=True)
@@ -116,7 +102,22 @@ def busybox_in_registry(registry_url: str, busybox_image: StoredImage) -> str:
 
         skip_or_fail("skopeo not installed (apt-get install skopeo)")
     dest = f"{registry_url}/library/busybox:latest"
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false",
+    subprocess.run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
                     f"oci:{busybox_image.store.root}:{busybox_image.ref}", f"docker://{dest}"],
                    check=True, capture_output=True, timeout=120)
     return dest
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The busybox rootfs as a plain tar file (the input of `pybuild import`)."""
+    if not have_busybox():
+        from tests.conftest import skip_or_fail
+
+        skip_or_fail("busybox-static not installed (apt-get install busybox-static)")
+    from tests.support.rootfs import write_rootfs_tar
+
+    path = tmp_path_factory.mktemp("rootfs") / "busybox-rootfs.tar"
+    with path.open("wb") as f:
+        write_rootfs_tar(f)
+    return path

@@ -1,7 +1,10 @@
 """A real OCI registry for tests: Debian's docker-registry (CNCF distribution) on 127.0.0.1.
 
 ``registry_url`` (session): plain HTTP, no auth, a free loopback port, storage in a tmp dir.
-The registry process is stopped at the end of the session.
+``registry_tls_basic`` (session): TLS with a test CA (made with ``cryptography``) and htpasswd
+basic auth (testdata/registry-auth/htpasswd). ``registry_token`` (session): plain HTTP with
+token auth; an in-process token server (tests/support/tokenserver.py) signs RS256 JWTs whose
+certificate is the registry's rootcertbundle. The registry processes stop at the session's end.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +97,81 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield addr
     finally:
         stop(proc)
+
+
+@dataclass(frozen=True)
+class AuthRegistry:
+    """A registry that needs credentials: its address and what a client needs to reach it."""
+
+    addr: str
+    username: str
+    password: str
+    certs_d: Path | None = None  # a certs.d-style dir holding <addr>/ca.crt (TLS variant)
+    ca: Path | None = None
+    token_server: Any = None  # tests.support.tokenserver.TokenServer (token variant)
+
+
+HTPASSWD_USERS = {"tester": "test-password-1", "pusher": "test-password-2"}
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.support.tlsutil import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def registry_tls_basic(tmp_path_factory: pytest.TempPathFactory, test_ca: Any) -> Iterator[AuthRegistry]:
+    """TLS (test CA) + htpasswd basic auth: user 'tester' / 'test-password-1'."""
+    import ssl
+
+    from tests.support.tlsutil import issue_server_cert
+
+    base = tmp_path_factory.mktemp("reg-tls")
+    cert, key = issue_server_cert(test_ca, base, hosts=["127.0.0.1", "localhost"])
+    env = {
+        "REGISTRY_HTTP_TLS_CERTIFICATE": str(cert),
+        "REGISTRY_HTTP_TLS_KEY": str(key),
+        "REGISTRY_AUTH": "htpasswd",
+        "REGISTRY_AUTH_HTPASSWD_REALM": "pybuild-test",
+        "REGISTRY_AUTH_HTPASSWD_PATH": str(TESTDATA / "registry-auth" / "htpasswd"),
+    }
+    ctx = ssl.create_default_context(cafile=str(test_ca.cert))
+    addr, proc = start_registry(base / "data", extra_env=env, scheme="https", ssl_context=ctx)
+    certs_d = base / "certs.d"
+    (certs_d / addr).mkdir(parents=True)
+    shutil.copy(test_ca.cert, certs_d / addr / "ca.crt")
+    try:
+        yield AuthRegistry(addr, "tester", HTPASSWD_USERS["tester"], certs_d, test_ca.cert)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthRegistry]:
+    """Token auth: the registry trusts JWTs from an in-process token server ('tester' can push
+    anything; anonymous clients may pull repositories under 'public/')."""
+    from tests.support.tokenserver import TokenServer
+
+    base = tmp_path_factory.mktemp("reg-token")
+    server = TokenServer(
+        base, users=dict(HTPASSWD_USERS), service="pybuild-test-registry", issuer="pybuild-test-issuer"
+    ).start()
+    env = {
+        "REGISTRY_AUTH": "token",
+        "REGISTRY_AUTH_TOKEN_REALM": server.realm,
+        "REGISTRY_AUTH_TOKEN_SERVICE": server.service,
+        "REGISTRY_AUTH_TOKEN_ISSUER": server.issuer,
+        "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(server.cert_path),
+    }
+    try:
+        addr, proc = start_registry(base / "data", extra_env=env)
+    except BaseException:
+        server.stop()
+        raise
+    try:
+        yield AuthRegistry(addr, "tester", HTPASSWD_USERS["tester"], token_server=server)
+    finally:
+        stop(proc)
+        server.stop()

@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "$GREETING"
+echo "words: $(cat /app/data/COUNT)"

@@ -1,0 +1,199 @@
+"""Filesystem-side benchmarks of runtime/ (unpack, ChainID snapshots, layer commit), each
+against its physical reference on the same bytes, interleaved (A B A B ...), medians.
+
+  .venv/bin/python bench/fs_bench.py [--runs 5] [--work /tmp/pybuild-fsbench] [--only unpack,chain,diff]
+
+Input: the bench's bigcopy tree (../shared/bench/lib/genctx.py bigcopy: 5,000 files, 212 MB).
+1. unpack:  apply_layer(tar) vs `tar -xf` into a fresh directory (MB/s of tar input).
+2. chain:   ensure_chain of a gzip layer from the store (verify blob digest + diff_id, unpack
+            into an overlay snapshot) vs `pigz -dc blob | tar -xf -`; then the second
+            ensure_chain (nothing to unpack).
+3. diff:    write_diff of an overlay upper holding the tree (tar + igzip level 1 + sha256 x2
+            + store ingest with fsync) vs `tar -cf - | python -m isal.igzip -1` and `pigz -1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from registry.compression import compressor  # noqa: E402
+from registry.imagebuild import store_image  # noqa: E402
+from registry.layertar import LayerBlob  # noqa: E402
+from registry.model import ContainerConfig, Descriptor, Digest, ImageConfig  # noqa: E402
+from registry.store import DirStore  # noqa: E402
+from runtime.diff import write_diff  # noqa: E402
+from runtime.rootfs import ensure_chain_report, load_manifest  # noqa: E402
+from runtime.snapshots import OverlaySnapshotter  # noqa: E402
+from runtime.unpack import apply_layer  # noqa: E402
+
+GENCTX = Path("/work/shared/bench/lib/genctx.py")
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["bash", "-c", cmd], check=True)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def report(name: str, mb: float, results: dict[str, list[float]]) -> None:
+    print(f"\n## {name}  (input {mb:.1f} MB)")
+    print("| what | median s | min-max s | MB/s |")
+    print("|---|---|---|---|")
+    for label, vals in results.items():
+        med = statistics.median(vals)
+        print(f"| {label} | {med:.3f} | {min(vals):.3f}-{max(vals):.3f} | {mb / med:.0f} |")
+    labels = list(results)
+    if len(labels) >= 2:
+        base = statistics.median(results[labels[1]])
+        print(f"ratio {labels[0]} / {labels[1]}: {statistics.median(results[labels[0]]) / base:.2f}")
+
+
+def prepare_inputs(work: Path) -> tuple[Path, Path]:
+    ctx = work / "ctx"
+    if not (ctx / "tree").is_dir():
+        subprocess.run([sys.executable, str(GENCTX), "bigcopy", str(ctx)], check=True,
+                       stdout=subprocess.DEVNULL)
+    tar = work / "big.tar"
+    if not tar.exists():
+        sh(f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1700000000 -cf {tar} "
+           f"-C {ctx} tree")
+    return ctx / "tree", tar
+
+
+def bench_unpack(work: Path, tar: Path, runs: int) -> None:
+    mb = tar.stat().st_size / 1e6
+    res: dict[str, list[float]] = {"pybuild apply_layer": [], "GNU tar -xf": []}
+    made: list[Path] = []
+    for i in range(runs):
+        for label in (list(res) if i % 2 == 0 else list(reversed(res))):
+            d = work / f"x-{i}-{len(made)}"
+            d.mkdir()
+            made.append(d)
+            if label.startswith("pybuild"):
+                def run(d: Path = d) -> None:
+                    with tar.open("rb") as f:
+                        apply_layer(f, d)
+                res[label].append(timed(run))
+            else:
+                res[label].append(timed(lambda d=d: sh(f"tar -xf {tar} -C {d}")))  # type: ignore[misc]
+    report("unpack an uncompressed layer tar into a fresh directory", mb, res)
+    for d in made:
+        shutil.rmtree(d)
+
+
+def gzip_image(work: Path, tar: Path) -> tuple[DirStore, Descriptor, Path]:
+    store = DirStore(work / "store")
+    import hashlib
+
+    diff = hashlib.sha256()
+    with store.ingest() as blob:
+        comp = compressor(blob, "gzip")
+        with tar.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                diff.update(chunk)
+                comp.write(chunk)
+        comp.close()
+    info = blob.descriptor_info
+    from registry import mediatypes as mt
+
+    layer = LayerBlob(Descriptor(mt.OCI_LAYER_GZIP, info.digest, info.size), Digest.from_hasher(diff),
+                      tar.stat().st_size)
+    config = ImageConfig("amd64", "linux", ContainerConfig(), (layer.diff_id,))
+    desc = store_image(store, config, [layer], tags=["bench/bigcopy:latest"])
+    return store, desc, store.blob_path(info.digest)
+
+
+def bench_chain(work: Path, tar: Path, runs: int) -> None:
+    store, desc, blob = gzip_image(work, tar)
+    manifest = load_manifest(store, desc)
+    mb = tar.stat().st_size / 1e6
+    res: dict[str, list[float]] = {"pybuild ensure_chain (verify+gunzip+unpack)": [],
+                                   "pigz -dc | tar -xf": []}
+    second: list[float] = []
+    made: list[Path] = []
+    for i in range(runs):
+        for label in (list(res) if i % 2 == 0 else list(reversed(res))):
+            d = work / f"c-{i}-{len(made)}"
+            made.append(d)
+            if label.startswith("pybuild"):
+                sn = OverlaySnapshotter(d)
+                r = ensure_chain_report(store, sn, manifest)
+                assert len(r.unpacked) == 1
+                res[label].append(r.seconds)
+                again = ensure_chain_report(store, sn, manifest)
+                assert again.unpacked == ()
+                second.append(again.seconds)
+            else:
+                d.mkdir()
+                res[label].append(timed(lambda d=d: sh(f"pigz -dc {blob} | tar -xf - -C {d}")))  # type: ignore[misc]
+    report(f"unpack a gzip layer from the store ({blob.stat().st_size / 1e6:.1f} MB compressed)", mb, res)
+    print(f"second ensure_chain (already unpacked): median {statistics.median(second) * 1000:.2f} ms")
+    for d in made:
+        shutil.rmtree(d)
+
+
+def bench_diff(work: Path, tree: Path, runs: int) -> None:
+    sn = OverlaySnapshotter(work / "diff-snaps")
+    if not sn.exists("step"):
+        sn.prepare("step", None)
+        sh(f"cp -a {tree} {sn.upper_dir('step')}/tree")
+    upper = sn.upper_dir("step")
+    mb = sum(p.stat().st_size for p in upper.rglob("*") if p.is_file()) / 1e6
+    res: dict[str, list[float]] = {"pybuild write_diff (gzip, into the store)": [],
+                                   "tar -cf - | python -m isal.igzip -1": [],
+                                   "tar -cf - | pigz -1": []}
+    out = work / "ref.gz"
+    for i in range(runs):
+        store = DirStore(work / f"dstore-{i}")
+        for label in (list(res) if i % 2 == 0 else list(reversed(res))):
+            if label.startswith("pybuild"):
+                res[label].append(timed(lambda store=store: write_diff(store, sn, "step", codec="gzip")))  # type: ignore[misc]
+            elif "isal" in label:
+                res[label].append(timed(lambda: sh(
+                    f"tar -cf - -C {upper} . | {sys.executable} -m isal.igzip -1 -c > {out}")))
+            else:
+                res[label].append(timed(lambda: sh(f"tar -cf - -C {upper} . | pigz -1 -c > {out}")))
+        shutil.rmtree(store.root)
+    report("layer commit of a 200 MB overlay upper", mb, res)
+    out.unlink(missing_ok=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pybuild-fsbench"))
+    ap.add_argument("--only", default="unpack,chain,diff")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    tree, tar = prepare_inputs(args.work)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, kernel {os.uname().release}; "
+          f"tree {tree} ({sum(1 for _ in tree.rglob('*'))} entries), tar {tar.stat().st_size} bytes")
+    only = set(args.only.split(","))
+    if "unpack" in only:
+        bench_unpack(args.work, tar, args.runs)
+    if "chain" in only:
+        bench_chain(args.work, tar, args.runs)
+    if "diff" in only:
+        bench_diff(args.work, tree, args.runs)
+    _ = io
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Stage → image: the ImageConfig (Docker's fields, kept in OCI form as BuildKit does), its
+history, the manifest, stored and tagged through registry.imagebuild.store_image.
+
+Deterministic: with SOURCE_DATE_EPOCH every history time and the config's ``created`` are that
+epoch; otherwise ``created`` is the time of the last history entry, so a fully cached rebuild
+gives the same image digest. Layer media types follow the manifest (OCI). Imports registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from builder.state import StageState
+from registry import mediatypes as mt
+from registry.imagebuild import rfc3339, store_image
+from registry.layertar import LayerBlob
+from registry.model import Descriptor, History, ImageConfig
+from registry.store import DirStore
+
+_TO_OCI = {mt.DOCKER_LAYER: mt.OCI_LAYER_GZIP, mt.DOCKER_FOREIGN_LAYER: mt.OCI_LAYER_NONDIST_GZIP}
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    manifest: Descriptor
+    config: ImageConfig
+    config_digest: str
+
+    @property
+    def image_id(self) -> str:
+        return self.config_digest
+
+
+def image_config(state: StageState, *, labels: Mapping[str, str] | None = None,
+                 epoch: int | None = None) -> ImageConfig:
+    """The image config of a finished stage (``labels``: --label, applied last)."""
+    config = state.config
+    if labels:
+        config = replace(config, labels={**config.labels, **labels})
+    history = list(state.history)
+    if epoch is not None:
+        stamp = rfc3339(epoch)
+        history = [replace(h, created=stamp) for h in history]
+        created: str | None = stamp
+    else:
+        created = next((h.created for h in reversed(history) if h.created), None)
+    os_name, _, rest = state.platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    return ImageConfig(architecture=arch, os=os_name, config=config,
+                       diff_ids=tuple(state.diff_ids), history=tuple(_fix_history(history, state)),
+                       created=created, author=state.author, variant=variant or None)
+
+
+def _fix_history(history: Sequence[History], state: StageState) -> list[History]:
+    """Docker requires as many non-empty history entries as layers; base images from other
+    tools sometimes have fewer. Pad at the front rather than write an inconsistent config."""
+    layered = sum(1 for h in history if not h.empty_layer)
+    missing = len(state.layers) - layered
+    if missing > 0:
+        return [History(created_by="(layer without history)") for _ in range(missing)] + list(history)
+    return list(history)
+
+
+def finalize(store: DirStore, state: StageState, *, tags: Sequence[str] = (),
+             labels: Mapping[str, str] | None = None, epoch: int | None = None) -> Committed:
+    """Write config + manifest for the stage and tag it (untagged images stay listed)."""
+    config = image_config(state, labels=labels, epoch=epoch)
+    layers = [LayerBlob(_oci(layer.descriptor), layer.diff_id, layer.size) for layer in state.layers]
+    desc = store_image(store, config, layers, tags=tuple(tags))
+    manifest_raw = store.read(desc.digest)
+    from registry.model import Manifest
+
+    manifest = Manifest.from_json(manifest_raw)
+    return Committed(desc, config, str(manifest.config.digest))
+
+
+def _oci(desc: Descriptor) -> Descriptor:
+    media = _TO_OCI.get(desc.media_type)
+    if media is None:
+        return Descriptor(desc.media_type, desc.digest, desc.size)
+    return Descriptor(media, desc.digest, desc.size)

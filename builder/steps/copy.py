@@ -1,0 +1,539 @@
+"""COPY / ADD / WORKDIR: file actions run by runtime.sandbox.apply (runtime.fileops) in the
+stage's active snapshot, so --chown names resolve in the image and ownership is real when
+rootless. The layer is the snapshot's upper directory, diffed like a RUN's.
+
+Docker's rules: a directory source copies its contents; several sources (or a glob) need a
+destination ending in '/'; a relative destination is under WORKDIR; .dockerignore'd files are
+never copied; a symlink named as a source is followed (inside the context), symlinks inside a
+copied tree stay links; ADD extracts local tar archives, fetches http(s) URLs (--checksum,
+mtime from Last-Modified) and git repositories. Cache keys use content digests, never mtimes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import re
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.cachekey import KeyDoc
+from builder.dockerignore import Matcher, go_clean, parse_ignore
+from builder.errors import BuildError, ContextError
+from builder.state import StageState
+from builder.steps import Prepared, StepEnv, StepOutcome, expand, expand_heredoc
+from grammar import ast
+
+_URL = re.compile(r"^https?://", re.I)
+_GIT = re.compile(r"^(git@[^:]+:|git://|ssh://|https?://.*\.git(#.*)?$|https?://.*\.git/?(#.*)?$)", re.I)
+
+
+def resolve_dest(dest: str, workdir: str) -> tuple[str, bool]:
+    """(absolute cleaned destination, whether it names a directory)."""
+    is_dir = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.") or dest.endswith("/..")
+    full = dest if dest.startswith("/") else f"{workdir.rstrip('/')}/{dest}"
+    cleaned = go_clean(full)
+    return cleaned, is_dir or cleaned == "/"
+
+
+@dataclass
+class _Source:
+    """One resolved source of a COPY/ADD."""
+
+    origin: str                  # context | named | stage | image | url | git | inline | archive
+    pattern: str                 # as written (after expansion)
+    items: list[dict[str, Any]]  # copy items (see runtime.fileops "copy")
+    digest: str                  # what the key hashes for it
+    listing: dict[str, str] | None = None   # relpath -> "kind mode digest" (explanations)
+
+
+def _parents_name(path: str) -> str:
+    """--parents: the part of a matched path kept under the destination ('./' is a pivot)."""
+    if "/./" in f"/{path}":
+        return path.split("/./", 1)[1] if "/./" in path else path[2:] if path.startswith("./") else path
+    return path
+
+
+class CopyHandler:
+    def prepare(self, ins: ast.Instruction, state: StageState, env: StepEnv) -> Prepared:
+        assert isinstance(ins, ast.Copy | ast.Add)
+        is_add = isinstance(ins, ast.Add)
+        values = state.expand_env()
+        sp = ins.span
+
+        def x(word: str) -> str:
+            return expand(word, values, env.escape, sp)
+
+        raw_sources = [x(s) for s in ins.sources]
+        dest_raw = x(ins.dest)
+        if not dest_raw:
+            raise BuildError(f"{ins.KIND}: the destination is empty", span=sp)
+        dest, dest_dir = resolve_dest(dest_raw, state.workdir)
+        chown = x(ins.chown) if ins.chown else None
+        chmod = x(ins.chmod) if ins.chmod else None
+        _check_chmod(chmod, sp)
+        excludes = [x(e) for e in ins.exclude]
+        exclude = _exclude_matcher(excludes)
+        from_ = x(ins.from_) if isinstance(ins, ast.Copy) and ins.from_ else None
+        parents = isinstance(ins, ast.Copy) and ins.parents
+        checksum = x(ins.checksum) if isinstance(ins, ast.Add) and ins.checksum else None
+        keep_git = isinstance(ins, ast.Add) and ins.keep_git_dir
+
+        sources: list[_Source] = []
+        for h in ins.inline_sources:
+            body = expand_heredoc(h, values, env.escape)
+            folder = Path(env.tmp) / f"inline-{secrets.token_hex(6)}"
+            folder.mkdir()
+            (folder / h.name).write_text(body)
+            digest = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+            sources.append(_Source("inline", h.name, [{"root": str(folder), "rel": h.name, "kind": "file",
+                                                      "name": "", "force_mode": 0o644}], digest))
+        for pattern in raw_sources:
+            if from_ is not None:
+                sources.append(self._from_source(from_, pattern, parents, exclude, env, sp))
+            elif is_add and _GIT.match(pattern):
+                sources.append(_git_source(pattern, keep_git, env, sp))
+            elif is_add and _URL.match(pattern):
+                sources.append(_url_source(pattern, checksum, env, sp))
+            else:
+                sources.append(_context_source(env.context(), pattern, parents, exclude, is_add, sp))
+        if not dest_dir and sum(len(s.items) for s in sources) > 1:
+            raise BuildError(f"{ins.KIND}: when copying several sources (or a glob) the destination "
+                             f"must be a directory ending in '/': {dest_raw!r}", span=sp,
+                             hint=f"write {dest_raw.rstrip('/')}/")
+        op: dict[str, Any] = {
+            "add": is_add, "sources": [s.pattern for s in sources], "dest": dest, "dest_dir": dest_dir,
+            "chown": chown, "chmod": chmod, "link": ins.link, "parents": parents, "exclude": excludes,
+            "from": from_, "checksum": checksum, "keep_git_dir": keep_git, "epoch": env.epoch,
+            "platform": state.platform,
+        }
+        inputs = {f"{i}:{s.origin}:{s.pattern}": s.digest for i, s in enumerate(sources)}
+        files = {f"{i}:{s.origin}:{s.pattern}": s.listing for i, s in enumerate(sources) if s.listing}
+        doc = KeyDoc("copy", str(state.key), op, inputs, {"text": ins.original, "files": files})
+        created_by = f"{ins.KIND} " + " ".join(
+            [*(f"--{f.name}={f.value}" if f.value is not None else f"--{f.name}" for f in ins.flags),
+             *[s.pattern for s in sources], dest_raw])
+        return Prepared(ins, doc, created_by, data={"sources": sources, "dest": dest, "dest_dir": dest_dir,
+                                                   "chown": chown, "chmod": chmod, "from": from_,
+                                                   "link": ins.link, "preserve": from_ is not None})
+
+    def _from_source(self, from_: str, pattern: str, parents: bool, exclude: Matcher | None,
+                     env: StepEnv, span: ast.Span) -> _Source:
+        named = env.named_context(from_)
+        if named is not None:
+            src = _context_source(named, pattern, parents, exclude, False, span)
+            src.origin = "named"
+            return src
+        try:
+            other = env.stage_state(from_, span)
+            origin = "stage"
+        except KeyError:
+            other = env.image_state(from_, span)
+            origin = "image"
+        path = go_clean("/" + pattern)
+        item = {"state": other, "src": path, "glob": _has_glob(path), "name": None,
+                "parents": parents, "exclude": [str(p) for p in exclude.patterns] if exclude else []}
+        return _Source(origin, pattern, [item], str(other.key))
+
+    def execute(self, prep: Prepared, state: StageState, env: StepEnv) -> StepOutcome:
+        owner = resolve_owner(prep.data["chown"], state, env, prep.ins.span)
+        mode = int(prep.data["chmod"], 8) if prep.data["chmod"] else None
+        dest, dest_dir = prep.data["dest"], prep.data["dest_dir"]
+        actions: list[dict[str, Any]] = []
+        extra: list[tuple[str, Any]] = []
+        sn = env.snapshotter()
+        views: list[str] = []
+        try:
+            for s in prep.data["sources"]:
+                groups: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
+                for item in s.items:
+                    if "state" in item:
+                        root = self._stage_root(item["state"], env, extra, views, prep.ins.span)
+                        groups.setdefault((root, item.get("name") or ""), []).append(
+                            {**item, "rel": item["src"].lstrip("/") or "."})
+                    elif item["kind"] == "archive":
+                        actions.append({"op": "extract", "archive": item["src"], "dest": _as_dir(dest),
+                                        "workdir": "/", "owner": list(owner) if owner else None})
+                    else:
+                        groups.setdefault((item["root"], item.get("name") or ""), []).append(item)
+                for (root, name), items in groups.items():
+                    target = dest
+                    if name:
+                        target = go_clean(f"{dest}/{name}")
+                        target = _as_dir(target) if any(i["kind"] == "dir" for i in items) else target
+                    elif dest_dir or len(items) > 1:
+                        target = _as_dir(dest)
+                    actions.append({
+                        "op": "copy", "sources": [i["rel"] for i in items], "dest": target,
+                        "source_root": root, "workdir": "/", "owner": list(owner) if owner else None,
+                        "preserve_owner": bool(prep.data["preserve"]),
+                        "mode": mode if mode is not None else _inline_mode(items),
+                        "mtime": None, "skip": [p for i in items for p in i.get("skip") or ()]})
+            return apply_actions(actions, state, env, link=bool(prep.data["link"]), extra_mounts=extra,
+                                 created_by=prep.created_by)
+        finally:
+            for vkey in views:
+                with contextlib.suppress(Exception):  # noqa: BLE001 - cleanup
+                    sn.remove(vkey)
+
+    @staticmethod
+    def _stage_root(other: StageState, env: StepEnv, extra: list[tuple[str, Any]], views: list[str],
+                    span: ast.Span) -> str:
+        """A host directory holding another stage's rootfs (a view of its snapshot)."""
+        sn = env.snapshotter()
+        chain = env.ensure_snapshot(other)
+        mountpoint = Path(env.tmp) / f"from-{secrets.token_hex(4)}"
+        mountpoint.mkdir()
+        if chain is None:
+            return str(mountpoint)
+        mounts = sn.mounts(chain)
+        if len(mounts) == 1 and mounts[0].type == "bind":
+            return str(mounts[0].source)
+        vkey = f"view-{env.build_id}-{secrets.token_hex(4)}"
+        extra.append((str(mountpoint), sn.view(vkey, chain)))
+        views.append(vkey)
+        return str(mountpoint)
+
+
+def _as_dir(path: str) -> str:
+    return path if path.endswith("/") else path + "/"
+
+
+def _inline_mode(items: list[dict[str, Any]]) -> int | None:
+    modes = {i.get("force_mode") for i in items}
+    if len(modes) == 1:
+        return modes.pop()
+    return None
+
+
+class WorkdirHandler:
+    """WORKDIR sets the config's working dir and creates the directory (owned by USER)."""
+
+    def prepare(self, ins: ast.Instruction, state: StageState, env: StepEnv) -> Prepared:
+        from dataclasses import replace
+
+        assert isinstance(ins, ast.Workdir)
+        raw = expand(ins.path, state.expand_env(), env.escape, ins.span)
+        if not raw:
+            raise BuildError("WORKDIR: the path is empty", span=ins.span)
+        path = go_clean(raw if raw.startswith("/") else f"{state.workdir.rstrip('/')}/{raw}")
+        config = replace(state.config, working_dir=path)
+        op = {"mkdir": path, "user": state.config.user, "epoch": env.epoch, "platform": state.platform}
+        doc = KeyDoc("workdir", str(state.key), op, {}, {"text": ins.original})
+        return Prepared(ins, doc, f"WORKDIR {path}", config=config,
+                        data={"path": path, "user": state.config.user or None})
+
+    def execute(self, prep: Prepared, state: StageState, env: StepEnv) -> StepOutcome:
+        user = prep.data["user"]
+        owner = None
+        if user:
+            # WORKDIR under USER: the directory belongs to that user (and its primary group)
+            owner = _user_ids(user, state, env, prep.ins.span)
+        action = {"op": "mkdir", "path": prep.data["path"], "workdir": "/",
+                  "owner": list(owner) if owner else None, "mode": 0o755}
+        outcome = apply_actions([action], state, env, link=False, extra_mounts=[],
+                                created_by=prep.created_by)
+        assert prep.config is not None
+        outcome.config = prep.config
+        return outcome
+
+
+def _user_ids(spec: str, state: StageState, env: StepEnv, span: ast.Span) -> tuple[int, int]:
+    user, _, group = spec.partition(":")
+    if user.isdigit() and (not group or group.isdigit()):
+        return int(user), int(group) if group else 0
+    from runtime import users
+
+    tmp = Path(env.tmp) / f"etc-{secrets.token_hex(4)}"
+    (tmp / "etc").mkdir(parents=True)
+    for name in ("passwd", "group"):
+        data = _read_in_chain(state, env, f"etc/{name}")
+        if data is not None:
+            (tmp / "etc" / name).write_bytes(data)
+    try:
+        eu = users.resolve_user(str(tmp), spec)
+    except Exception as exc:  # noqa: BLE001 - an unknown user: root, as BuildKit falls back
+        del exc
+        return 0, 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return eu.uid, eu.gid
+
+
+def resolve_owner(spec: str | None, state: StageState, env: StepEnv,
+                  span: ast.Span) -> tuple[int, int] | None:
+    """--chown / USER → (uid, gid): numbers as written; names from the image's /etc/passwd and
+    /etc/group (read from the stage's snapshot layers, topmost first)."""
+    if not spec:
+        return None
+    user, _, group = spec.partition(":")
+    if user.isdigit() and (not group or group.isdigit()):
+        uid = int(user)
+        return uid, int(group) if group else uid
+    from runtime import users
+    from runtime.errors import SandboxError
+
+    tmp = Path(env.tmp) / f"etc-{secrets.token_hex(4)}"
+    (tmp / "etc").mkdir(parents=True)
+    for name in ("passwd", "group"):
+        data = _read_in_chain(state, env, f"etc/{name}")
+        if data is not None:
+            (tmp / "etc" / name).write_bytes(data)
+    try:
+        return users.resolve_chown(str(tmp), spec)
+    except SandboxError as exc:
+        raise BuildError(str(exc), span=span, hint=getattr(exc, "hint", None)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_in_chain(state: StageState, env: StepEnv, rel: str) -> bytes | None:
+    from runtime import pathsafe
+
+    chain = env.ensure_snapshot(state)
+    if chain is None:
+        return None
+    sn = env.snapshotter()
+    for base in [sn.path(chain), *sn.parent_paths(chain)]:
+        with contextlib.suppress(OSError):
+            data = pathsafe.read_file(base, rel)
+            if data is not None:
+                return data
+    return None
+
+
+def apply_actions(actions: list[dict[str, Any]], state: StageState, env: StepEnv, *, link: bool,
+                  extra_mounts: list[tuple[str, Any]], created_by: str) -> StepOutcome:
+    """Run file actions on a fresh active snapshot of the stage, then diff and commit it."""
+    from builder.steps.run import commit_active
+    from runtime import sandbox
+
+    sn = env.snapshotter()
+    parent = None if link else env.ensure_snapshot(state)
+    active = f"build-{env.build_id}-{secrets.token_hex(4)}"
+    mounts = sn.prepare(active, parent, labels={"pybuild.build": env.build_id})
+    root = Path(env.tmp) / f"root-{secrets.token_hex(4)}"
+    root.mkdir()
+    keep = False
+    try:
+        kwargs: dict[str, Any] = {}
+        if extra_mounts:
+            kwargs["extra_mounts"] = extra_mounts
+        idmap = None
+        if os.geteuid() != 0:
+            from runtime.idmap import rootless_mapping
+
+            idmap = rootless_mapping()
+        if actions:
+            batch = actions[0] if len(actions) == 1 else {"op": "batch", "actions": actions}
+            sandbox.apply(batch, root=str(root), rootfs_mounts=mounts, idmap=idmap, **kwargs)
+        if link:
+            layer, snapshot = commit_active(sn, active, _empty_like(state), env, commit=False)
+        else:
+            layer, snapshot = commit_active(sn, active, state, env)
+            keep = snapshot is not None
+        return StepOutcome(layer, state.config, created_by, "pybuild.dockerfile.v0", snapshot=snapshot)
+    finally:
+        if not keep:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
+                sn.remove(active)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _empty_like(state: StageState) -> StageState:
+    s = state.copy()
+    s.layers = []
+    return s
+
+
+def export_paths(other: StageState, rel: str, dest: Path, env: StepEnv) -> Path:
+    """Copy ``rel`` out of another stage's rootfs into host directory ``dest`` (for RUN
+    --mount from=STAGE); returns the path to bind."""
+    from runtime import sandbox
+
+    sn = env.snapshotter()
+    chain = env.ensure_snapshot(other)
+    if chain is None:
+        return dest
+    vkey = f"view-{env.build_id}-{secrets.token_hex(4)}"
+    mountpoint = Path(env.tmp) / f"from-{secrets.token_hex(4)}"
+    mountpoint.mkdir()
+    try:
+        view = sn.view(vkey, chain)
+        action = {"op": "export", "src": go_clean("/" + rel), "dest": str(dest)}
+        sandbox.apply(action, root=str(mountpoint), rootfs_mounts=view)
+    finally:
+        with contextlib.suppress(Exception):  # noqa: BLE001
+            sn.remove(vkey)
+    return dest
+
+
+# -- sources ------------------------------------------------------------------------------------
+def _has_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _exclude_matcher(patterns: list[str]) -> Matcher | None:
+    if not patterns:
+        return None
+    return Matcher(parse_ignore("\n".join(patterns), source="--exclude"))
+
+
+def _check_chmod(chmod: str | None, span: ast.Span) -> None:
+    if chmod is None:
+        return
+    if re.fullmatch(r"[0-7]{3,4}", chmod):
+        return
+    clause = r"[ugoa]*([-+=]([rwxXst]*|[ugo]))+"
+    if re.fullmatch(f"{clause}(,{clause})*", chmod):
+        return
+    raise BuildError(f"invalid --chmod {chmod!r}: want octal (0755) or symbolic (u+x,g-w)", span=span)
+
+
+def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | None, is_add: bool,
+                    span: ast.Span) -> _Source:
+    matches = ctx.sources(pattern)
+    if not matches:
+        hint = ctx.why_missing(pattern)
+        what = "matched no files" if _has_glob(pattern) else "not found"
+        raise ContextError(f"{'ADD' if is_add else 'COPY'} source {pattern!r}: {what} in the build "
+                           f"context{' ' + repr(ctx.name) if ctx.name != 'context' else ''}",
+                           span=span, hint=hint or "check the path; it is relative to the context directory")
+    items: list[dict[str, Any]] = []
+    listing: dict[str, str] = {}
+    h = hashlib.sha256()
+    root = str(ctx.root)
+    for m in matches:
+        entry = m.entry
+        if exclude is not None and m.path and exclude.excluded(m.path):
+            continue
+        kept = _parents_name(m.path) if parents else ""
+        if entry.kind == "dir":
+            skip = [f"{m.path}/{p}" if m.path else p for p in _skips(ctx, m.target, exclude)]
+            items.append({"root": root, "rel": m.path or ".", "kind": "dir", "name": kept, "skip": skip})
+            cut = len(m.target) + 1 if m.target else 0
+            for child in ctx.under(m.target):
+                name = child.path[cut:]
+                if exclude is not None and exclude.excluded(name):
+                    continue
+                listing[f"{m.path}/{name}".lstrip("/")] = _listing(ctx, child)
+            listing[m.path or "."] = f"dir {entry.mode:o} -"
+        elif entry.kind in ("file", "symlink"):
+            if is_add and entry.kind == "file" and _is_archive(ctx.root / m.target):
+                items.append({"src": str(ctx.root / m.target), "kind": "archive"})
+            else:
+                items.append({"root": root, "rel": m.path, "kind": entry.kind,
+                              "name": posixpath.dirname(kept) if kept else ""})
+            listing[m.path] = _listing(ctx, entry)
+        else:
+            continue
+        h.update(f"{m.path}\0{ctx.tree_digest(m.target, exclude)}\n".encode("utf-8", "surrogateescape"))
+    if not items:
+        raise ContextError(f"source {pattern!r}: every match is excluded by --exclude", span=span)
+    origin = "context"
+    if is_add and all(i["kind"] == "archive" for i in items):
+        origin = "archive"
+    return _Source(origin, pattern, items, "sha256:" + h.hexdigest(), listing)
+
+
+def _listing(ctx: Any, entry: Any) -> str:
+    if entry.kind == "file":
+        return f"file {entry.mode:o} sha256:{ctx.file_digest(entry)}"
+    if entry.kind == "symlink":
+        return f"symlink {entry.mode:o} {entry.linkname}"
+    return f"{entry.kind} {entry.mode:o} -"
+
+
+def _skips(ctx: Any, rel: str, exclude: Matcher | None) -> list[str]:
+    """Paths under directory ``rel`` (relative to it) that must not be copied: excluded by
+    .dockerignore (whole subtrees where possible) or by --exclude."""
+    out = [p for p in ctx.excluded_under(rel)]
+    if exclude is not None:
+        cut = len(rel) + 1 if rel else 0
+        for child in ctx.under(rel):
+            name = child.path[cut:]
+            if exclude.excluded(name):
+                out.append(name)
+    return out
+
+
+_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def _is_archive(path: Path) -> bool:
+    """ADD extracts local tar archives (plain, gzip, bzip2, xz, zstd), detected by content."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if any(head.startswith(m) for m in _ARCHIVE_MAGIC):
+        return True
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _url_source(url: str, checksum: str | None, env: StepEnv, span: ast.Span) -> _Source:
+    """Download an ADD URL (to compute its digest; the copy uses the downloaded file)."""
+    import email.utils
+    import urllib.request
+
+    name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "index.html"
+    dest = Path(env.tmp) / f"url-{secrets.token_hex(6)}"
+    dest.mkdir()
+    target = dest / name
+    h = hashlib.sha256()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "pybuild"})  # noqa: S310 - http(s) only (_URL)
+        with urllib.request.urlopen(req, timeout=60) as resp, target.open("wb") as out:  # noqa: S310
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+            modified = resp.headers.get("Last-Modified")
+    except OSError as exc:
+        raise BuildError(f"ADD {url}: download failed: {exc}", span=span) from None
+    digest = "sha256:" + h.hexdigest()
+    if checksum and checksum != digest:
+        raise BuildError(f"ADD {url}: checksum mismatch: expected {checksum}, got {digest}", span=span)
+    mtime = None
+    if modified:
+        with contextlib.suppress(TypeError, ValueError):
+            mtime = int(email.utils.parsedate_to_datetime(modified).timestamp())
+    if mtime is not None:
+        os.utime(target, (mtime, mtime))
+    item = {"root": str(dest), "rel": name, "kind": "file", "name": "", "force_mode": 0o600}
+    return _Source("url", url, [item], f"{digest}:{mtime}")
+
+
+def _git_source(url: str, keep_git: bool, env: StepEnv, span: ast.Span) -> _Source:
+    """Clone a git URL (``#ref[:subdir]`` fragment) at its resolved commit."""
+    base, _, frag = url.partition("#")
+    ref, _, subdir = frag.partition(":")
+    dest = Path(env.tmp) / f"git-{secrets.token_hex(6)}"
+    cmd = ["git", "clone", "--quiet", "--recurse-submodules"]
+    if ref:
+        cmd += ["--branch", ref] if not re.fullmatch(r"[0-9a-f]{40}", ref) else []
+    cmd += ["--", base, str(dest)]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600,
+                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        if ref and re.fullmatch(r"[0-9a-f]{40}", ref):
+            subprocess.run(["git", "-C", str(dest), "checkout", "--quiet", ref], check=True,
+                           capture_output=True, timeout=120)
+        commit = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=60).stdout.strip()
+    except FileNotFoundError:
+        raise BuildError(f"ADD {url}: git is not installed", span=span) from None
+    except subprocess.CalledProcessError as exc:
+        err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise BuildError(f"ADD {url}: git clone failed: {err[-1] if err else exc}", span=span) from None
+    if not keep_git:
+        shutil.rmtree(dest / ".git", ignore_errors=True)
+    item = {"root": str(dest), "rel": go_clean(subdir).lstrip("/") or "." if subdir else ".",
+            "kind": "dir", "name": ""}
+    return _Source("git", url, [item], f"git:{commit}:{subdir}:{int(keep_git)}")

@@ -1,0 +1,418 @@
+"""Layers from snapshots: what changed in an active snapshot, as OCI tar entries (DESIGN §0).
+
+Overlay: only the upper directory is walked, so a layer costs O(bytes changed): overlay
+whiteouts (char 0/0, or the ``overlay.whiteout`` xattr form) become ``.wh.NAME``, opaque
+directories (``overlay.opaque=y``) become ``.wh..wh..opq``, overlay's private xattrs are
+dropped, hardlinks inside the layer stay hardlinks, sockets are skipped. Copy: the tree is
+compared with its parent (type, mode, owner, size, mtime, xattrs, link target, content when
+only the ctime tells), using the ctime/birth-time mark the copy snapshotter recorded.
+Entries are sorted; write_diff streams them through registry.layertar (one pass: tar,
+compression, digest, diff_id). Imports: stdlib, registry (layertar, store), runtime.*.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry import mediatypes as mt
+from registry.compression import Codec, Writable, compressor
+from registry.digest import Digest
+from registry.layertar import LayerBlob, TarEntry, opaque, sort_key, whiteout, write_tar
+from registry.model import Descriptor
+from registry.store import DirStore
+from runtime.snapshots import CopySnapshotter, OverlaySnapshotter, Snapshotter
+from runtime.unpack import is_overlay_xattr, is_whiteout_device
+
+_OVERLAY_NS = ("trusted", "user")
+
+
+@dataclass(frozen=True, slots=True)
+class IdMap:
+    """Host ids → container ids for a rootless upper dir: (container_id, host_id, count)
+    ranges as in /proc/PID/uid_map. Ids outside every range are kept as they are."""
+
+    uids: tuple[tuple[int, int, int], ...] = ()
+    gids: tuple[tuple[int, int, int], ...] = ()
+
+    @staticmethod
+    def _map(ranges: tuple[tuple[int, int, int], ...], host: int) -> int:
+        for inside, outside, count in ranges:
+            if outside <= host < outside + count:
+                return inside + host - outside
+        return host
+
+    def uid(self, host: int) -> int:
+        return self._map(self.uids, host) if self.uids else host
+
+    def gid(self, host: int) -> int:
+        return self._map(self.gids, host) if self.gids else host
+
+
+_IDENTITY = IdMap()
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        if is_overlay_xattr(name):
+            continue
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def _overlay_xattr(path: str, suffix: str) -> bytes | None:
+    for ns in _OVERLAY_NS:
+        try:
+            return os.getxattr(path, f"{ns}.overlay.{suffix}", follow_symlinks=False)
+        except OSError:
+            continue
+    return None
+
+
+def _entry(rel: str, full: str, st: os.stat_result, ids: IdMap,
+           links: dict[tuple[int, int], str] | None) -> TarEntry | None:
+    """A TarEntry for one filesystem node (None for sockets)."""
+    mode = stat.S_IMODE(st.st_mode)
+    common = {"mode": mode, "uid": ids.uid(st.st_uid), "gid": ids.gid(st.st_gid),
+              "mtime": st.st_mtime_ns // 1_000_000_000}
+    fmt = stat.S_IFMT(st.st_mode)
+    if fmt == stat.S_IFREG:
+        if links is not None and st.st_nlink > 1:
+            ident = (st.st_dev, st.st_ino)
+            first = links.get(ident)
+            if first is not None:
+                return TarEntry(rel, "hardlink", linkname=first, **common)  # type: ignore[arg-type]
+            links[ident] = rel
+        return TarEntry(rel, "file", size=st.st_size, source=Path(full), xattrs=_xattrs(full),
+                        **common)  # type: ignore[arg-type]
+    if fmt == stat.S_IFDIR:
+        return TarEntry(rel, "dir", xattrs=_xattrs(full), **common)  # type: ignore[arg-type]
+    if fmt == stat.S_IFLNK:
+        return TarEntry(rel, "symlink", linkname=str(Path(full).readlink()), **{**common, "mode": 0o777})  # type: ignore[arg-type]
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        return TarEntry(rel, "char" if fmt == stat.S_IFCHR else "block", devmajor=os.major(st.st_rdev),
+                        devminor=os.minor(st.st_rdev), xattrs=_xattrs(full), **common)  # type: ignore[arg-type]
+    if fmt == stat.S_IFIFO:
+        return TarEntry(rel, "fifo", **common)  # type: ignore[arg-type]
+    return None          # sockets: meaningless in an image
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+# -- overlay: the upper directory is the diff -----------------------------------------------------
+def upper_entries(upper: Path, *, ids: IdMap = _IDENTITY) -> Iterator[TarEntry]:
+    """Entries of an overlay upper directory, in sorted (depth-first) order."""
+    links: dict[tuple[int, int], str] = {}
+    root = os.fspath(upper)
+
+    def walk(rel: str, full: str) -> Iterator[TarEntry]:
+        with os.scandir(full) as it:
+            children = sorted(it, key=lambda e: e.name)
+        for e in children:
+            crel = _join(rel, e.name)
+            st = e.stat(follow_symlinks=False)
+            if is_whiteout_device(st):
+                yield whiteout(crel)
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0 and \
+                    _overlay_xattr(e.path, "whiteout") is not None:
+                yield whiteout(crel)
+                continue
+            entry = _entry(crel, e.path, st, ids, links)
+            if entry is None:
+                continue
+            yield entry
+            if entry.kind == "dir":
+                if _overlay_xattr(e.path, "opaque") == b"y":
+                    yield opaque(crel)
+                yield from walk(crel, e.path)
+
+    yield from walk("", root)
+
+
+# -- copy: compare with the parent tree --------------------------------------------------------------
+class _Statx(ctypes.Structure):
+    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
+                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
+                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
+                ("spare0", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
+                ("atime", ctypes.c_int64 * 2), ("btime", ctypes.c_int64 * 2),
+                ("ctime", ctypes.c_int64 * 2), ("mtime", ctypes.c_int64 * 2),
+                ("rest", ctypes.c_uint8 * 128)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_STATX_BTIME = 0x800
+_AT_SYMLINK_NOFOLLOW = 0x100
+
+
+def birth_ns(path: str) -> int | None:
+    """The birth time of ``path`` (statx STATX_BTIME), or None where the filesystem lacks it."""
+    buf = _Statx()
+    fn = getattr(_libc, "statx", None)
+    if fn is None:
+        return None
+    if fn(-100, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, ctypes.byref(buf)) != 0:
+        return None
+    if not buf.mask & _STATX_BTIME:
+        return None
+    sec, nsec = buf.btime[0], buf.btime[1] & 0xFFFFFFFF
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+def _same_content(a: str, b: str) -> bool:
+    with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _changed(new: os.stat_result, old: os.stat_result, npath: str, opath: str, mark: int) -> bool:
+    if stat.S_IFMT(new.st_mode) != stat.S_IFMT(old.st_mode):
+        return True
+    if mark and new.st_ctime_ns < mark:
+        return False      # untouched since the copy was made
+    if (new.st_mode, new.st_uid, new.st_gid, new.st_mtime_ns) != (
+            old.st_mode, old.st_uid, old.st_gid, old.st_mtime_ns):
+        return True
+    fmt = stat.S_IFMT(new.st_mode)
+    if fmt == stat.S_IFLNK:
+        return Path(npath).readlink() != Path(opath).readlink()
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK) and new.st_rdev != old.st_rdev:
+        return True
+    if _xattrs(npath) != _xattrs(opath):
+        return True
+    if fmt == stat.S_IFREG:
+        return new.st_size != old.st_size or not _same_content(npath, opath)
+    return False
+
+
+def compare_entries(new_root: Path, old_root: Path | None, *, mark_ns: int = 0,
+                    ids: IdMap = _IDENTITY) -> Iterator[TarEntry]:
+    """Entries that turn tree ``old_root`` into tree ``new_root`` (sorted, with whiteouts).
+
+    Shaped like an overlay upper would be, so both snapshotters give the same layer: a
+    directory born after ``mark_ns`` where the parent had an entry becomes opaque; ancestors
+    of every change are included; the other names of a changed hardlinked file come along
+    (overlayfs copies them up), and a hardlink group is one file plus hardlinks.
+    """
+    can_birth = birth_ns(os.fspath(new_root)) is not None
+    groups: dict[tuple[int, int], list[str]] = {}       # nlink > 1 files of the new tree
+    where: dict[str, tuple[str, os.stat_result]] = {}    # their paths and stats
+
+    def scan(path: str | None) -> dict[str, os.DirEntry[str]]:
+        if path is None:
+            return {}
+        try:
+            with os.scandir(path) as it:
+                return {e.name: e for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+
+    def walk(rel: str, npath: str, opath: str | None) -> list[TarEntry]:
+        out: list[TarEntry] = []
+        new = scan(npath)
+        old = scan(opath)
+        for name in sorted(new.keys() | old.keys()):
+            crel = _join(rel, name)
+            ne = new.get(name)
+            oe = old.get(name)
+            if ne is None:
+                out.append(whiteout(crel))
+                continue
+            nst = ne.stat(follow_symlinks=False)
+            ost = oe.stat(follow_symlinks=False) if oe is not None else None
+            if stat.S_ISDIR(nst.st_mode):
+                recreated = False
+                if ost is not None and mark_ns and can_birth:
+                    born = birth_ns(ne.path)
+                    recreated = born is not None and born >= mark_ns
+                fresh = ost is None or not stat.S_ISDIR(ost.st_mode) or recreated
+                inner = walk(crel, ne.path, None if fresh or oe is None else oe.path)
+                changed = fresh or _changed(nst, ost, ne.path, oe.path, mark_ns)  # type: ignore[arg-type, union-attr]
+                if changed or inner:
+                    entry = _entry(crel, ne.path, nst, ids, None)
+                    assert entry is not None
+                    out.append(entry)
+                    if recreated or (ost is not None and not stat.S_ISDIR(ost.st_mode)):
+                        out.append(opaque(crel))
+                    out.extend(inner)
+                continue
+            if stat.S_ISREG(nst.st_mode) and nst.st_nlink > 1:
+                groups.setdefault((nst.st_dev, nst.st_ino), []).append(crel)
+                where[crel] = (ne.path, nst)
+            if ost is None or _changed(nst, ost, ne.path, oe.path, mark_ns):  # type: ignore[union-attr]
+                entry = _entry(crel, ne.path, nst, ids, None)
+                if entry is not None:
+                    out.append(entry)
+        return out
+
+    entries = walk("", os.fspath(new_root), os.fspath(old_root) if old_root is not None else None)
+    if groups:
+        entries = _complete_hardlinks(entries, groups, where, os.fspath(new_root), ids)
+    yield from entries
+
+
+def _complete_hardlinks(entries: list[TarEntry], groups: dict[tuple[int, int], list[str]],
+                        where: dict[str, tuple[str, os.stat_result]], root: str,
+                        ids: IdMap) -> list[TarEntry]:
+    emitted = {e.path: e for e in entries}
+    extra: list[TarEntry] = []
+    for members in groups.values():
+        if len(members) < 2 or not any(m in emitted and emitted[m].kind == "file" for m in members):
+            continue
+        for m in members:
+            if m in emitted:
+                continue
+            parts = m.split("/")
+            for i in range(1, len(parts)):
+                anc = "/".join(parts[:i])
+                if anc not in emitted:
+                    full = f"{root}/{anc}"
+                    entry = _entry(anc, full, os.lstat(full), ids, None)
+                    assert entry is not None
+                    emitted[anc] = entry
+                    extra.append(entry)
+            path, st = where[m]
+            entry = _entry(m, path, st, ids, None)
+            assert entry is not None
+            emitted[m] = entry
+            extra.append(entry)
+    ordered = sorted([*entries, *extra], key=lambda e: sort_key(e.path))
+    first: dict[tuple[int, int], str] = {}
+    out: list[TarEntry] = []
+    for e in ordered:
+        hit = where.get(e.path)
+        if e.kind == "file" and hit is not None:
+            ident = (hit[1].st_dev, hit[1].st_ino)
+            if ident in first:
+                e = TarEntry(e.path, "hardlink", mode=e.mode, uid=e.uid, gid=e.gid, mtime=e.mtime,
+                             linkname=first[ident])
+            else:
+                first[ident] = e.path
+        out.append(e)
+    return out
+
+
+# -- the snapshotter-facing API ------------------------------------------------------------------------
+def layer_entries(snapshotter: Snapshotter, key: str, *, ids: IdMap = _IDENTITY) -> Iterator[TarEntry]:
+    """The changes of active snapshot ``key`` against its parent, as sorted tar entries."""
+    if isinstance(snapshotter, OverlaySnapshotter):
+        return upper_entries(snapshotter.upper_dir(key), ids=ids)
+    if isinstance(snapshotter, CopySnapshotter):
+        info = snapshotter.stat(key)
+        parent = snapshotter.path(info.parent) if info.parent is not None else None
+        return compare_entries(snapshotter.path(key), parent, mark_ns=info.prepared_ns, ids=ids)
+    raise TypeError(f"no differ for {type(snapshotter).__name__}")
+
+
+def write_diff(store: DirStore, snapshotter: Snapshotter, key: str, *, codec: Codec = "gzip",
+               clamp_mtime: int | None = None, ids: IdMap = _IDENTITY) -> LayerBlob:
+    """The layer of active snapshot ``key``: tar → codec → store in one streaming pass.
+    Deterministic: sorted entries, numeric owners, mtimes clamped to ``clamp_mtime``. The
+    bytes (so both digests) are exactly registry.layertar.write_layer's; the work is split
+    over two threads (tar building and file reads here; hashing, compression and the
+    store write in a worker)."""
+    return write_layer_pipelined(layer_entries(snapshotter, key, ids=ids), store, codec,
+                                 clamp_mtime=clamp_mtime)
+
+
+class _Pipe:
+    """A Writable that batches writes into ~1 MiB blocks and hands them to a worker thread,
+    which hashes them (the diff_id; hashlib releases the GIL) and feeds the compressor."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, sink: Writable) -> None:
+        self.sink = sink
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self._buf = bytearray()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="pybuild-layer-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            block = self._q.get()
+            if block is None:
+                return
+            if self._error is not None:
+                continue                      # drain after a failure
+            try:
+                self.hasher.update(block)
+                self.sink.write(block)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer thread
+                self._error = exc
+
+    def write(self, data: bytes) -> int:
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        self.size += len(data)
+        if len(self._buf) >= self.BLOCK:
+            self._q.put(bytes(self._buf))
+            self._buf.clear()
+        return len(data)
+
+    def close(self) -> None:
+        if self._buf:
+            self._q.put(bytes(self._buf))
+            self._buf.clear()
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        self._error = self._error or RuntimeError("aborted")
+        self._q.put(None)
+        self._thread.join()
+
+
+def write_layer_pipelined(entries: Iterable[TarEntry], store: DirStore, codec: Codec = "gzip", *,
+                          clamp_mtime: int | None = None) -> LayerBlob:
+    """registry.layertar.write_layer, with hashing/compression/ingest in a worker thread."""
+    with store.ingest() as blob:
+        comp = compressor(blob, codec)
+        pipe = _Pipe(comp)
+        try:
+            write_tar(entries, pipe, clamp_mtime=clamp_mtime)
+            pipe.close()
+        except BaseException:
+            pipe.abort()
+            raise
+        comp.close()
+    info = blob.descriptor_info
+    desc = Descriptor(mt.layer_type(codec), info.digest, info.size)
+    return LayerBlob(desc, Digest.from_hasher(pipe.hasher), pipe.size)
+
+
+def diff_entries_equal(a: Sequence[TarEntry], b: Sequence[TarEntry]) -> bool:
+    """Compare two entry lists ignoring where file content is read from."""
+    def norm(e: TarEntry) -> tuple[object, ...]:
+        return (e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname, e.devmajor,
+                e.devminor, tuple(sorted(e.xattrs.items())))
+    return [norm(x) for x in a] == [norm(x) for x in b]

@@ -1,0 +1,647 @@
+"""The parent side of the namespace sandbox: spawn runtime.nsinit, drive the handshake of
+DESIGN C11 (see the table in runtime/nsinit.py), own the container's cgroup, forward signals,
+relay a pty, and turn the outcome into an exit status.
+
+Public API (used by runtime.run, the builder's RUN/COPY steps and the lifecycle verbs):
+
+- ``start(spec, rootfs_mounts=..., stdio=..., prestart=..., detach=...) -> SandboxProcess``:
+  returns once the command has been exec'd (or raises ExecNotFound/ExecDenied/SandboxError).
+  ``SandboxProcess.pid`` is the host pid of the container's PID 1, ``.wait() -> ExitStatus``,
+  ``.signal(n)``, ``.kill()``, ``.resize(rows, cols)``, ``.cgroup``, ``.console`` (pty master).
+- ``run(spec, ...) -> ExitStatus``: start + signal forwarding (+ pty relay with a terminal) + wait.
+- ``apply(action, root=..., rootfs_mounts=..., idmap=...)``: run ``runtime.fileops.execute``
+  (COPY/ADD/WORKDIR file actions) on the mounted rootfs inside a private mount namespace (and
+  the user namespace when rootless); returns what execute returned.
+- ``run_runtime(spec, runtime="runc", ...)``: the same bundle handed to runc/crun.
+
+Invariants: nothing is mounted in the host's mount namespace (the rootfs overlay is mounted by
+the child inside its own); the cgroup is removed when the handle is waited or closed; every
+protection in the spec is applied or the start fails naming it. Stdlib + runtime modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from runtime import cgroups
+from runtime.errors import ExecDenied, ExecNotFound, SandboxError, UnsupportedHost
+
+if TYPE_CHECKING:
+    from runtime.idmap import IdMapping
+
+PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+# -I: no user site, no PYTHON* env, no script dir/CWD on sys.path (a build context holding
+# registry.py can never be imported); -S: no site-packages scan (~15 ms saved per container);
+# the package root is appended after the stdlib so it cannot shadow it either.
+BOOT = ("import sys; sys.path.append(sys.argv[1]); "
+        "from runtime.nsinit import main; main(sys.argv[2:])")
+
+StdioArg = int | IO[Any] | None
+
+FORWARD_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                   signal.SIGUSR2)
+
+
+@dataclass
+class ExitStatus:
+    """How the container ended. ``exit_code`` follows docker: the code, or 128+n for signal n."""
+
+    exit_code: int
+    signal: int | None = None
+    oom_killed: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class SetupFailed(SandboxError):
+    """A step of the container's setup failed (the message names the step)."""
+
+    def __init__(self, stage: str, message: str, err: int = 0) -> None:
+        super().__init__(f"container setup failed at {stage}: {message}")
+        self.stage, self.errno = stage, err
+
+
+def _mount_dict(m: Any) -> dict[str, Any]:
+    if isinstance(m, Mapping):
+        return {"type": m.get("type"), "source": m.get("source"), "options": list(m.get("options") or ())}
+    return {"type": m.type, "source": m.source, "options": list(m.options)}
+
+
+class _Lines:
+    """Buffered JSON-lines reader over the child's message pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def read(self, *, block: bool = True) -> dict[str, Any] | None:
+        while b"\n" not in self.buf:
+            if self.eof:
+                return None
+            if not block and not select.select([self.fd], [], [], 0)[0]:
+                return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True
+                continue
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        doc = json.loads(line)
+        assert isinstance(doc, dict)
+        return doc
+
+
+def _python() -> str:
+    return sys.executable or "/usr/bin/python3"
+
+
+def _spawn(mode_fds: dict[str, int], stdio: Sequence[StdioArg], *, child_fds: Iterable[int],
+           python: str | None = None) -> subprocess.Popen[bytes]:
+    argv = [python or _python(), "-I", "-S", "-c", BOOT, PKG_ROOT]
+    argv += [f"{k}={v}" for k, v in mode_fds.items()]
+    try:
+        return subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                                pass_fds=tuple(child_fds), close_fds=True, start_new_session=True,
+                                env={}, cwd="/")
+    except OSError as exc:
+        raise SandboxError(f"cannot start the sandbox child ({argv[0]}): {exc.strerror}") from None
+
+
+def _send_frame(fd: int, obj: dict[str, Any]) -> None:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    data = b"%08x" % len(body) + body
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _raise_for(err: Mapping[str, Any]) -> None:
+    stage = str(err.get("stage", "?"))
+    message = str(err.get("message", ""))
+    if stage == "exec":
+        if err.get("exit") == 127:
+            exc: SandboxError = ExecNotFound(str(err.get("argv0", "?")))
+            exc.args = (message.replace("exec ", "exec: ", 1) if message else exc.args[0],)
+            raise exc
+        raise ExecDenied(str(err.get("argv0", "?")), message.split(": ", 1)[-1] or "permission denied")
+    raise SetupFailed(stage, message.split(": ", 1)[-1] if message.startswith(stage) else message,
+                      int(err.get("errno") or 0))
+
+
+def device_mode(spec: Mapping[str, Any], cgroup: cgroups.Cgroup | None, userns: bool) -> str:
+    """How /dev is populated and device access enforced:
+    "mknod" (the v1 devices cgroup enforces docker's allowlist), "privileged" (host devices),
+    or "bind" (host nodes bind-mounted, every other mount nodev: the fail-closed substitute
+    when no devices cgroup can be applied, e.g. cgroup v2 or a user namespace)."""
+    ann = spec.get("annotations") or {}
+    if ann.get("io.pybuild.privileged") == "true":
+        return "privileged"
+    if userns:
+        return "bind"
+    wants = bool(((spec.get("linux") or {}).get("resources") or {}).get("devices"))
+    if wants and isinstance(cgroup, cgroups.CgroupV1) and "devices" in cgroup.dirs:
+        return "mknod"
+    return "bind"
+
+
+class SandboxProcess:
+    """A started container. Wait it (or close it) exactly once; both remove the cgroup."""
+
+    def __init__(self, *, popen: subprocess.Popen[bytes], lines: _Lines, msg_r: int,
+                 cgroup: cgroups.Cgroup | None, pid: int, pidfd: int, console: int | None) -> None:
+        self.popen = popen
+        self.shim_pid = popen.pid
+        self._lines = lines
+        self._msg_r = msg_r
+        self.cgroup = cgroup
+        self.pid = pid
+        self._pidfd = pidfd
+        self.console = console
+        self.status: ExitStatus | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def signal(self, sig: int) -> None:
+        """Deliver ``sig`` to PID 1 (through the shim, which is its parent: no pid reuse race).
+        As in docker, PID 1 only receives the signals it installed handlers for (and SIGKILL)."""
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.shim_pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL PID 1; the kernel then kills everything in its pid namespace."""
+        if self._pidfd >= 0:
+            from runtime._syscalls import pidfd_send_signal
+
+            with contextlib.suppress(OSError):
+                pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self.console is not None:
+            import fcntl
+            import struct
+            import termios
+
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self.console, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def wait(self) -> ExitStatus:
+        """Block until the container exits; returns its status and removes its cgroup."""
+        if self.status is not None:
+            return self.status
+        raw: int | None = None
+        try:
+            while True:
+                m = self._lines.read()
+                if m is None:
+                    break
+                if m.get("type") == "exit":
+                    raw = int(m["status"])
+            self.popen.wait()
+        finally:
+            status = self._finish(raw)
+        return status
+
+    def _finish(self, raw: int | None) -> ExitStatus:
+        if raw is None:
+            # the shim died without reporting (killed): PID 1 died with it (PDEATHSIG)
+            code, sig = 255, None
+            if self.popen.returncode is not None and self.popen.returncode < 0:
+                sig = -self.popen.returncode
+                code = 128 + sig
+        elif os.WIFSIGNALED(raw):
+            sig = os.WTERMSIG(raw)
+            code = 128 + sig
+        else:
+            sig, code = None, os.WEXITSTATUS(raw)
+        oom, stats = False, {}
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                stats = self.cgroup.stats()
+                oom = self.cgroup.oom_kills() > 0
+        self.status = ExitStatus(code, sig, oom, stats)
+        self.close()
+        return self.status
+
+    def close(self) -> None:
+        """Kill whatever is left, reap the shim, remove the cgroup, close fds. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self.popen.returncode is None:
+                self.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
+                self.popen.wait()
+        finally:
+            for fd in (self._msg_r, self._pidfd, self.console):
+                if fd is not None and fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if self.cgroup is not None:
+                self.cgroup.destroy()
+
+    def __enter__(self) -> SandboxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
+          stdio: Sequence[StdioArg] = (None, None, None), cgroup_name: str | None = None,
+          cgroup: cgroups.Cgroup | None | bool = True, rootless: bool | None = None,
+          prestart: Callable[[int], None] | None = None, detach: bool = False,
+          console: str = "pty", python: str | None = None) -> SandboxProcess:
+    """Start the container described by ``spec`` (an OCI config.json dict) whose rootfs is
+    ``rootfs_mounts`` (snapshotter mounts, applied on ``spec.root.path`` inside the container's
+    mount namespace; empty = ``root.path`` already is the rootfs). Returns after the exec.
+
+    ``cgroup``: True = create one named ``cgroup_name`` (required when the spec has resource
+    limits), False = none, or a Cgroup to use. ``prestart(pid)`` runs in the parent after the
+    namespaces exist and before the container is set up (network plumbing); raising aborts.
+    ``detach``: PID 1 does not die with this process (a monitor keeps the handle instead).
+    ``console`` (when ``process.terminal``): "pty" = a pty from the container's own devpts whose
+    master is ``SandboxProcess.console``; "stdio" = stdin already is a tty (e.g. the monitor's
+    pty slave) and becomes the controlling terminal."""
+    linux = spec.get("linux") or {}
+    userns = any(n.get("type") == "user" and not n.get("path") for n in linux.get("namespaces") or ())
+    idmap = None
+    if userns:
+        from runtime.idmap import IdMapping
+
+        idmap = IdMapping.from_oci(linux)
+    if userns and idmap is None:
+        raise SandboxError("the spec asks for a user namespace without uid/gid mappings")
+    if rootless is None:
+        rootless = os.geteuid() != 0
+    if rootless and not userns:
+        raise UnsupportedHost("a rootless container needs a user namespace",
+                              hint="pybuild adds one by default when not root")
+    cg: cgroups.Cgroup | None
+    if cgroup is True:
+        res = cgroups.Resources.from_oci(linux.get("resources"))
+        cg = cgroups.create(cgroup_name or f"pybuild-{secrets.token_hex(8)}", res, rootless=rootless,
+                            devices=bool((linux.get("resources") or {}).get("devices")))
+    elif cgroup is False:
+        cg = None
+    else:
+        cg = cgroup
+    dmode = device_mode(spec, cg, userns)
+    terminal = bool((spec.get("process") or {}).get("terminal")) and console == "pty"
+
+    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    fifo_r, fifo_w = os.pipe2(os.O_CLOEXEC)
+    child_fds = [ctl_r, msg_w, fifo_w]
+    fds = {"ctl": ctl_r, "msg": msg_w, "fifo": fifo_w}
+    parent_sock = None
+    if terminal:
+        import socket
+
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds["console"] = child_sock.fileno()
+        child_fds.append(child_sock.fileno())
+    popen = None
+    proc: SandboxProcess | None = None
+    lines = _Lines(msg_r)
+    try:
+        try:
+            popen = _spawn(fds, stdio, child_fds=child_fds, python=python)
+        finally:
+            for fd in (ctl_r, msg_w, fifo_w):
+                os.close(fd)
+            if terminal:
+                child_sock.close()
+        cfg = {"mode": "run", "spec": spec, "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
+               "parent_pid": os.getpid(), "detach": detach, "device_mode": dmode,
+               "console": console, "cgroup_dirs": list(cg.paths().values()) if cg is not None else []}
+        _send_frame(ctl_w, cfg)
+        first = lines.read()
+        if first is None or first.get("type") != "pid":
+            popen.wait()
+            if first is not None and first.get("type") == "error":
+                _raise_for(first)
+            raise SandboxError(f"the sandbox child exited early (status {popen.returncode})")
+        pid = int(first["pid"])
+        pidfd = os.pidfd_open(pid)
+        proc = SandboxProcess(popen=popen, lines=lines, msg_r=msg_r, cgroup=cg, pid=pid, pidfd=pidfd,
+                              console=None)
+        if idmap is not None:
+            from runtime.idmap import write_maps
+
+            write_maps(pid, idmap)
+        if cg is not None:
+            cg.add(pid)
+        if prestart is not None:
+            prestart(pid)
+        _send_frame(ctl_w, {"type": "go"})
+        os.close(ctl_w)
+        ctl_w = -1
+        if parent_sock is not None:
+            proc.console = _receive_console(parent_sock)
+        while os.read(fifo_r, 4096):
+            pass
+        err = lines.read(block=False)
+        if err is not None and err.get("type") == "error":
+            proc.wait()
+            _raise_for(err)
+        return proc
+    except BaseException:
+        if proc is not None:
+            proc.close()
+        else:
+            if popen is not None and popen.returncode is None:
+                popen.kill()
+                popen.wait()
+            with contextlib.suppress(OSError):
+                os.close(msg_r)
+            if cg is not None:
+                cg.destroy()
+        raise
+    finally:
+        for fd in (ctl_w, fifo_r):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if parent_sock is not None:
+            parent_sock.close()
+
+
+def _receive_console(sock: Any) -> int | None:
+    import socket
+
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    if not fds:
+        return None
+    os.set_inheritable(fds[0], False)
+    return int(fds[0])
+
+
+# -- foreground run: signals and the pty ------------------------------------------------------------
+def run(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
+        stdio: Sequence[StdioArg] = (None, None, None), forward_signals: bool = True,
+        interactive: bool = False, on_start: Callable[[SandboxProcess], None] | None = None,
+        **kwargs: Any) -> ExitStatus:
+    """Run to completion in the foreground: ``start`` + signal forwarding + (with a terminal)
+    the pty relay between this process's stdin/stdout and the container. ``on_start`` is
+    called once the command runs (record the container as running there)."""
+    terminal = bool((spec.get("process") or {}).get("terminal")) and kwargs.get("console", "pty") == "pty"
+    if terminal:
+        stdio = (subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+        size = _local_size()
+        if size is not None:
+            spec = {**spec, "process": {**spec["process"], "consoleSize": {"height": size[0],
+                                                                          "width": size[1]}}}
+    previous: dict[int, Any] = {}
+    holder: list[SandboxProcess] = []
+    pending: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        if holder:
+            holder[0].signal(sig)
+        else:
+            pending.append(sig)     # delivered as soon as the container runs
+
+    if forward_signals and threading.current_thread() is threading.main_thread():
+        for fsig in FORWARD_SIGNALS:
+            previous[fsig] = signal.signal(fsig, forward)
+    proc: SandboxProcess | None = None
+    try:
+        proc = start(spec, rootfs_mounts=rootfs_mounts, stdio=stdio, **kwargs)
+        holder.append(proc)
+        for pending_sig in pending:
+            proc.signal(pending_sig)
+        if on_start is not None:
+            on_start(proc)
+        if terminal and proc.console is not None:
+            _relay(proc, interactive=interactive, previous=previous)
+        return proc.wait()
+    finally:
+        for prev_sig, handler in previous.items():
+            signal.signal(prev_sig, handler)
+        if proc is not None:
+            proc.close()
+
+
+def _local_size() -> tuple[int, int] | None:
+    import fcntl
+    import struct
+    import termios
+
+    for fd in (0, 1):
+        try:
+            rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        except OSError:
+            continue
+        if rows and cols:
+            return rows, cols
+    return None
+
+
+def _relay(proc: SandboxProcess, *, interactive: bool, previous: dict[int, Any]) -> None:
+    """Copy stdin -> pty master and pty master -> stdout until the container closes the pty.
+    The local terminal is put in raw mode (^C etc. travel as bytes) and SIGWINCH resizes."""
+    import termios
+    import tty
+
+    assert proc.console is not None
+    master = proc.console
+    in_fd, out_fd = 0, 1
+    saved = None
+    if interactive and os.isatty(in_fd):
+        saved = termios.tcgetattr(in_fd)
+        tty.setraw(in_fd)
+
+    def winch(_s: int = 0, _f: object = None) -> None:
+        size = _local_size()
+        if size is not None:
+            proc.resize(*size)
+
+    if threading.current_thread() is threading.main_thread():
+        previous.setdefault(signal.SIGWINCH, signal.signal(signal.SIGWINCH, winch))
+    watch = [master] + ([in_fd] if interactive else [])
+    try:
+        while True:
+            try:
+                ready, _, _ = select.select(watch, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                _write_all(out_fd, data)
+            if in_fd in ready:
+                data = os.read(in_fd, 65536)
+                if not data:
+                    watch.remove(in_fd)
+                    with contextlib.suppress(OSError):
+                        _write_all(master, b"\x04")   # EOF for the line discipline
+                    continue
+                _write_all(master, data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# -- file actions (builder COPY/ADD/WORKDIR) --------------------------------------------------------
+_ERROR_KINDS = {"UnsafePath": ("entry", "why"), "LayerError": ("layer", "entry", "why")}
+
+
+def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mounts: Sequence[Any] = (),
+          idmap: IdMapping | None = None, python: str | None = None,
+          extra_mounts: Sequence[tuple[str | os.PathLike[str], Sequence[Any]]] = ()) -> Any:
+    """Run ``runtime.fileops.execute(action, root)`` in a child with a private mount namespace
+    (plus a user namespace with ``idmap``: rootless ownership is then real, e.g. COPY --chown).
+    ``rootfs_mounts`` are mounted on ``root`` first (an empty mount point), then each
+    ``extra_mounts`` entry (host mount point, mounts) — e.g. another stage's read-only view for
+    COPY --from; all of it vanishes with the child. ``{"op": "batch", "actions": [...]}`` runs
+    several actions in one child (runtime.fileops.run_actions). Returns execute's
+    (JSON-serializable) result; its errors come back as SandboxError subclasses (UnsafePath and
+    LayerError keep their type)."""
+    if idmap is None and os.geteuid() != 0:
+        raise UnsupportedHost("file actions as a non-root user need a user namespace id map",
+                              hint="pass idmap=runtime.idmap.rootless_mapping()")
+    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    fds = {"ctl": ctl_r, "msg": msg_w}
+    import tempfile
+
+    result_file = Path(tempfile.gettempdir()) / f"pybuild-apply-{secrets.token_hex(8)}.json"
+    popen = None
+    try:
+        try:
+            popen = _spawn(fds, (subprocess.DEVNULL, None, None), child_fds=(ctl_r, msg_w),
+                           python=python)
+        finally:
+            os.close(ctl_r)
+            os.close(msg_w)
+        lines = _Lines(msg_r)
+        _send_frame(ctl_w, {"mode": "apply", "root": os.fspath(root), "action": dict(action),
+                            "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
+                            "extra_mounts": [[os.fspath(t), [_mount_dict(m) for m in ms]]
+                                             for t, ms in extra_mounts],
+                            "userns": idmap is not None, "result_file": str(result_file)})
+        first = lines.read()
+        if first is None or first.get("type") != "pid":
+            popen.wait()
+            if first is not None:
+                _apply_error(first)
+            raise SandboxError("the file-action child exited early")
+        if idmap is not None:
+            from runtime.idmap import write_maps
+
+            write_maps(int(first["pid"]), idmap)
+        _send_frame(ctl_w, {"type": "go"})
+        reply = lines.read()
+        popen.wait()
+        if reply is None:
+            raise SandboxError(f"the file-action child died (status {popen.returncode})")
+        if reply.get("type") == "result-file":
+            reply = json.loads(result_file.read_bytes())
+        if reply.get("type") == "error":
+            _apply_error(reply)
+        return reply.get("value")
+    finally:
+        if popen is not None and popen.returncode is None:
+            popen.kill()
+            popen.wait()
+        for fd in (ctl_w, msg_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            result_file.unlink()
+
+
+def _apply_error(err: Mapping[str, Any]) -> None:
+    kind = str(err.get("kind", ""))
+    fields = err.get("fields") or {}
+    if kind in _ERROR_KINDS and all(k in fields for k in _ERROR_KINDS[kind]):
+        from runtime import errors
+
+        cls = getattr(errors, kind)
+        raise cls(*(fields[k] for k in _ERROR_KINDS[kind]))
+    raise SandboxError(f"file action failed ({err.get('stage')}): {err.get('message')}")
+
+
+# -- an external OCI runtime on the same bundle -------------------------------------------------------
+def run_runtime(spec: Mapping[str, Any], *, bundle: str | os.PathLike[str], container_id: str,
+                runtime: str = "runc", rootfs_mounts: Sequence[Any] = (),
+                stdio: Sequence[StdioArg] = (None, None, None), state_root: str | None = None,
+                python: str | None = None) -> int:
+    """Hand the bundle to runc/crun: a child mounts the rootfs on ``bundle/rootfs`` inside a
+    private mount namespace (nothing visible on the host), writes config.json with the USER
+    resolved from the image, and execs ``RUNTIME [--root STATE] run --bundle B ID``. Returns
+    the runtime's exit code (the container's)."""
+    import shutil
+
+    exe = shutil.which(runtime)
+    if exe is None:
+        raise UnsupportedHost(f"OCI runtime {runtime!r} not found in PATH")
+    bundle_path = Path(bundle).resolve()
+    rootfs = bundle_path / "rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    spec = json.loads(json.dumps(spec))
+    spec["root"]["path"] = str(rootfs.resolve())   # runc wants absolute, no symlinks
+    argv = [runtime]
+    if state_root:
+        Path(state_root).mkdir(parents=True, exist_ok=True)
+        argv += ["--root", state_root]
+    argv += ["run", "--bundle", str(bundle_path), container_id]
+    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            popen = _spawn({"ctl": ctl_r, "msg": msg_w}, stdio, child_fds=(ctl_r, msg_w), python=python)
+        finally:
+            os.close(ctl_r)
+            os.close(msg_w)
+        _send_frame(ctl_w, {"mode": "runtime", "spec": spec, "bundle": str(bundle_path),
+                            "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
+                            "runtime_path": exe, "runtime_argv": argv})
+        os.close(ctl_w)
+        ctl_w = -1
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in FORWARD_SIGNALS:
+                previous[sig] = signal.signal(sig, lambda s, _f: popen.send_signal(s))
+        try:
+            code = popen.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        err = _Lines(msg_r).read(block=False)
+        if err is not None and err.get("type") == "error":
+            _raise_for(err)
+        return code if code >= 0 else 128 - code
+    finally:
+        for fd in (ctl_w, msg_r):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)

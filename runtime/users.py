@@ -1,0 +1,184 @@
+"""Users and groups of an image: /etc/passwd and /etc/group read *inside* a root (symlinks
+resolved in the root, size-capped, only regular files), and docker's rules for turning a
+USER / ``-u`` / ``--chown`` spec into numeric ids. Imports: stdlib, runtime.pathsafe/errors.
+
+``resolve_user`` follows runc's GetExecUser (docker run -u, USER): ``user``, ``uid``,
+``user:group``, ``uid:gid``, ``user:gid``, ``uid:group``; a numeric uid need not exist (its
+gid is then 0); supplementary groups come from /etc/group only when no group is given.
+``resolve_chown`` follows COPY/ADD --chown: a missing group means gid = uid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import pathsafe
+from runtime.errors import SandboxError
+
+MAX_ID = (1 << 31) - 1
+
+
+class UnknownUser(SandboxError):
+    """A user or group name the image does not define."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, name: str, why: str = "no matching entries") -> None:
+        super().__init__(f"unable to find {what} {name}: {why} in the image's /etc/"
+                         f"{'passwd' if what == 'user' else 'group'}",
+                         hint="use a numeric id, or create the account in an earlier step")
+        self.what, self.name = what, name
+
+
+@dataclass(frozen=True, slots=True)
+class PasswdEntry:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEntry:
+    name: str
+    gid: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecUser:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+    home: str = "/"
+    name: str | None = None
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
+
+
+def parse_passwd(data: bytes) -> list[PasswdEntry]:
+    """Entries of a passwd file; malformed lines (and NIS '+'/'-' lines) are skipped."""
+    out = []
+    for raw in data.decode("utf-8", "surrogateescape").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "+", "-")):
+            continue
+        parts = line.split(":")
+        if len(parts) < 4:
+            continue
+        uid, gid = _int(parts[2]), _int(parts[3])
+        if uid is None or gid is None or not parts[0]:
+            continue
+        home = parts[5] if len(parts) > 5 else ""
+        shell = parts[6] if len(parts) > 6 else ""
+        out.append(PasswdEntry(parts[0], uid, gid, home, shell))
+    return out
+
+
+def parse_group(data: bytes) -> list[GroupEntry]:
+    out = []
+    for raw in data.decode("utf-8", "surrogateescape").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "+", "-")):
+            continue
+        parts = line.split(":")
+        if len(parts) < 3:
+            continue
+        gid = _int(parts[2])
+        if gid is None or not parts[0]:
+            continue
+        members = tuple(m.strip() for m in parts[3].split(",") if m.strip()) if len(parts) > 3 else ()
+        out.append(GroupEntry(parts[0], gid, members))
+    return out
+
+
+def read_passwd(root: str | os.PathLike[str] | int | None) -> list[PasswdEntry] | None:
+    """The image's /etc/passwd (None when absent), read safely inside ``root``."""
+    if root is None:
+        return None
+    data = pathsafe.read_file(root if isinstance(root, int) else Path(root), "etc/passwd")
+    return None if data is None else parse_passwd(data)
+
+
+def read_group(root: str | os.PathLike[str] | int | None) -> list[GroupEntry] | None:
+    if root is None:
+        return None
+    data = pathsafe.read_file(root if isinstance(root, int) else Path(root), "etc/group")
+    return None if data is None else parse_group(data)
+
+
+def _split(spec: str) -> tuple[str, str]:
+    user, _, group = spec.strip().partition(":")
+    return user.strip(), group.strip()
+
+
+def resolve_user(root: str | os.PathLike[str] | int | None, spec: str) -> ExecUser:
+    """Docker/runc semantics for USER and ``run -u`` (see the module docstring).
+
+    Raises UnknownUser naming the user or group that is not in the image.
+    """
+    passwd = read_passwd(root)
+    groups = read_group(root)
+    user_arg, group_arg = _split(spec)
+    uid_arg, gid_arg = _int(user_arg), _int(group_arg)
+    result_uid, result_gid, home, name = 0, 0, "/", None
+    matched: PasswdEntry | None = None
+    for entry in passwd or ():
+        if (not user_arg and entry.uid == 0) or (uid_arg is not None and entry.uid == uid_arg) or (
+                uid_arg is None and user_arg and entry.name == user_arg):
+            matched = entry
+            break
+    if matched is not None:
+        result_uid, result_gid, home, name = matched.uid, matched.gid, matched.home or "/", matched.name
+    elif user_arg:
+        if uid_arg is None:
+            raise UnknownUser("user", user_arg)
+        result_uid = uid_arg
+    extra: tuple[int, ...] = ()
+    if group_arg:
+        found = None
+        for g in groups or ():
+            if (gid_arg is not None and g.gid == gid_arg) or (gid_arg is None and g.name == group_arg):
+                found = g
+                break
+        if found is not None:
+            result_gid = found.gid
+        elif gid_arg is not None:
+            result_gid = gid_arg
+        else:
+            raise UnknownUser("group", group_arg)
+    elif name is not None:
+        extra = tuple(g.gid for g in groups or () if name in g.members)
+    return ExecUser(result_uid, result_gid, extra, home, name)
+
+
+def resolve_chown(root: str | os.PathLike[str] | int | None, spec: str) -> tuple[int, int]:
+    """COPY/ADD ``--chown`` → (uid, gid). Names are looked up in the image; a missing group
+    means gid = uid (docker's rule). Raises UnknownUser."""
+    user_arg, group_arg = _split(spec)
+    if not user_arg:
+        raise UnknownUser("user", spec, "empty user")
+    uid = _int(user_arg)
+    if uid is None:
+        entry = next((e for e in read_passwd(root) or () if e.name == user_arg), None)
+        if entry is None:
+            raise UnknownUser("user", user_arg)
+        uid = entry.uid
+    if not group_arg:
+        return uid, uid
+    gid = _int(group_arg)
+    if gid is None:
+        g = next((g for g in read_group(root) or () if g.name == group_arg), None)
+        if g is None:
+            raise UnknownUser("group", group_arg)
+        gid = g.gid
+    return uid, gid

@@ -1,0 +1,308 @@
+"""The lab everyone learns containers with, end to end on the busybox image, through the real
+sandbox, the detached monitor and bridge networking: run -d -p, curl, exec, logs -f, stop -t,
+ps -a, start, stats, bind mounts, rm -f; two containers reaching each other by name; and 50
+run/exec/stop/rm cycles that leak nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.containers import ContainerStore, process_start_time
+from runtime.exec import ExecOptions, exec_in_container
+from runtime.network import NetworkStore
+from tests.conftest import REPO_ROOT
+from tests.lifecycle.conftest import SUFFIX, snapshot_host, traces
+from tests.support.images import StoredImage
+from tests.support.registry_server import free_loopback_port
+from tests.support.stores import CliResult, run_cli
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_overlay]
+
+
+@pytest.fixture
+def lab(busybox_store: StoredImage, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A store with busybox; a bridge name of this session; everything removed afterwards."""
+    monkeypatch.setenv("PYBUILD_BRIDGE", f"pbt{SUFFIX}l")
+    root = busybox_store.store.root
+    yield root
+    for c in ContainerStore(root / "containers").list_all():
+        run_cli(["rm", "-f", c.id], root=root)
+    ns = NetworkStore(root / "networks")
+    for net in ns.list_all():
+        ns.remove(net.id, force=True)
+
+
+def pb(root: Path, *args: str) -> CliResult:
+    r = run_cli(list(args), root=root)
+    return r
+
+
+def pb_proc(root: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """pybuild in a subprocess (for verbs that fork or stream: exec, logs -f)."""
+    return subprocess.run([sys.executable, "-m", "builder", "--root", str(root), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def curl(port: int) -> str:
+    return subprocess.run(["curl", "-s", "-m", "5", f"http://127.0.0.1:{port}/"], capture_output=True,
+                          text=True, timeout=20).stdout
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_the_lab(lab: Path, tmp_path: Path) -> None:
+    root = lab
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("<h1>hello from pybuild</h1>\n")
+    conf = tmp_path / "app.conf"
+    conf.write_text("version=1\n")
+    port = free_loopback_port()
+
+    r = pb(root, "run", "-d", "-p", f"{port}:80", "--name", "web", "--memory", "100m",
+           "-v", f"{www}:/www", "-v", f"{conf}:/etc/app.conf:ro",
+           "busybox", "httpd", "-f", "-v", "-p", "80", "-h", "/www")
+    assert r.code == 0, r.stderr
+    cid = r.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", cid)
+
+    # curl on the host reaches the published port
+    wait_for(lambda: "hello from pybuild" in curl(port))
+
+    # exec: PID 1 inside, another PID on the host
+    ps_inside = pb_proc(root, "exec", "web", "ps")
+    assert ps_inside.returncode == 0, ps_inside.stderr
+    first = next(line.split() for line in ps_inside.stdout.splitlines()[1:])
+    assert first[0] == "1" and "httpd" in " ".join(first)
+    host_pid = json.loads(pb(root, "container", "inspect", "web").stdout)[0]["State"]["Pid"]
+    assert host_pid > 1
+    assert "httpd" in Path(f"/proc/{host_pid}/cmdline").read_text()
+
+    # logs -f streams while the container runs
+    follower = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), "logs", "-f", "web"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        curl(port)
+        got = b""
+        deadline = time.monotonic() + 10
+        while b"response:200" not in got and time.monotonic() < deadline:
+            if select.select([follower.stdout], [], [], 0.5)[0]:
+                got += os.read(follower.stdout.fileno(), 4096)  # type: ignore[union-attr]
+        assert b"response:200" in got          # arrived while the container still runs
+        assert follower.poll() is None
+    finally:
+        if follower.poll() is None:
+            follower.terminate()
+        follower.wait(10)
+        follower.stdout.close()  # type: ignore[union-attr]
+
+    # a file written in the container's writable layer
+    assert pb_proc(root, "exec", "web", "sh", "-c", "echo persisted > /root/marker").returncode == 0
+
+    # a bind-mounted host file edited on the host is seen inside
+    conf.write_text("version=2\n")              # in place: same inode, as editors that truncate
+    assert pb_proc(root, "exec", "web", "cat", "/etc/app.conf").stdout == "version=2\n"
+    (www / "index.html").write_text("<h1>edited on the host</h1>\n")
+    assert "edited on the host" in curl(port)
+
+    # stats shows the memory limit
+    stats = pb(root, "stats", "--no-stream", "web").stdout
+    assert re.search(r"/ 100MiB", stats), stats
+
+    # stop -t 2: httpd as PID 1 has no SIGTERM handler, so SIGKILL follows after ~2 s
+    t0 = time.monotonic()
+    assert pb(root, "stop", "-t", "2", "web").stdout == "web\n"
+    took = time.monotonic() - t0
+    assert 1.8 <= took < 5, took
+    assert re.search(r"Exited \(137\) .* ago", pb(root, "ps", "-a").stdout)
+    assert pb(root, "ps", "-q").stdout == ""
+    assert curl(port) == ""
+
+    # start brings it back, with what it wrote earlier
+    assert pb(root, "start", "web").stdout == "web\n"
+    assert pb_proc(root, "exec", "web", "cat", "/root/marker").stdout == "persisted\n"
+    wait_for(lambda: "edited on the host" in curl(port))
+    assert re.search(r"Up .*web", pb(root, "ps").stdout)
+
+    # rm -f leaves nothing behind
+    snapshots_before_rm = sorted(p.name for p in (root / "snapshots").iterdir())
+    pid = json.loads(pb(root, "container", "inspect", "web").stdout)[0]["State"]["Pid"]
+    assert pb(root, "rm", "-f", "web").stdout == "web\n"
+    assert not (root / "containers" / cid).exists()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    nets = NetworkStore(root / "networks").list_all()
+    left = traces(root, [cid], [n.id for n in nets], [n.bridge for n in nets], [(pid, None)])
+    assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}
+    assert len(sorted(p.name for p in (root / "snapshots").iterdir())) <= len(snapshots_before_rm)
+    assert pb(root, "ps", "-aq").stdout == ""
+
+
+def test_two_containers_reach_each_other_by_name(lab: Path, tmp_path: Path) -> None:
+    root = lab
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("from srv\n")
+    net = f"app{SUFFIX}"
+    assert pb(root, "network", "create", net).code == 0
+    assert pb(root, "run", "-d", "--network", net, "--name", "srv", "-v", f"{www}:/www",
+              "busybox", "httpd", "-f", "-p", "80", "-h", "/www").code == 0
+    assert pb(root, "run", "-d", "--network", net, "--name", "client", "busybox", "sleep", "600").code == 0
+    got = pb_proc(root, "exec", "client", "wget", "-qO-", "http://srv/")
+    assert (got.returncode, got.stdout) == (0, "from srv\n"), got.stderr
+    back = pb_proc(root, "exec", "srv", "ping", "-c", "1", "-W", "2", "client")
+    assert back.returncode == 0 and "1 packets received" in back.stdout
+    # a container on the default network is not reachable by name, and cannot resolve them
+    assert pb(root, "run", "-d", "--name", "outsider", "busybox", "sleep", "600").code == 0
+    assert pb_proc(root, "exec", "outsider", "wget", "-qO-", "-T", "2", "http://srv/").returncode != 0
+    assert pb(root, "rm", "-f", "srv", "client", "outsider").code == 0
+    assert pb(root, "network", "rm", net).stdout == f"{net}\n"
+
+
+@pytest.mark.slow
+def test_fifty_cycles_leak_nothing(lab: Path) -> None:
+    root = lab
+    cids: list[str] = []
+    pids: list[tuple[int, int | None]] = []
+
+    def files() -> dict[str, list[str]]:
+        out = {}
+        for sub in ("containers", "snapshots", "volumes"):
+            base = root / sub
+            out[sub] = sorted(str(p.relative_to(base)) for p in base.rglob("*")) if base.exists() else []
+        nets = root / "networks"
+        out["endpoints"] = sorted(p.read_text() for p in nets.rglob("endpoints.json")) \
+            if nets.exists() else []
+        return out
+
+    def cycle(i: int) -> None:
+        port = free_loopback_port()
+        r = pb(root, "run", "-d", "-p", f"{port}:80", "--name", f"c{i}", "busybox", "sh", "-c",
+               "trap 'exit 0' TERM; while :; do sleep 0.05; done")
+        assert r.code == 0, r.stderr
+        c = ContainerStore(root / "containers").get(f"c{i}")
+        cids.append(c.id)
+        st = c.state()
+        shim = int(Path(f"/proc/{st.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        pids.extend([(st.pid, st.pid_start), (st.monitor_pid, st.monitor_start),
+                     (shim, process_start_time(shim))])
+        with open(os.devnull, "w") as devnull:
+            saved = os.dup(1)
+            os.dup2(devnull.fileno(), 1)
+            try:
+                code = exec_in_container(root, c, ExecOptions(argv=("true",)))
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+        assert code == 0
+        assert pb(root, "stop", "-t", "5", f"c{i}").code == 0
+        assert c.state().exit_code == 0            # the trap ran: a graceful stop, not a kill
+        assert pb(root, "rm", f"c{i}").code == 0
+
+    def ours() -> dict[str, list[str]]:
+        nets = NetworkStore(root / "networks").list_all()
+        return traces(root, cids, [n.id for n in nets], [n.bridge for n in nets], pids)
+
+    cycle(0)          # warm-up: unpacks the image layer once, creates the network state
+    before_host, before_files = ours(), files()
+    counts_before = {k: len(v) for k, v in snapshot_host().items()}
+    t0 = time.monotonic()
+    for i in range(1, 51):
+        cycle(i)
+    elapsed = time.monotonic() - t0
+    after_host, after_files = ours(), files()
+    counts_after = {k: len(v) for k, v in snapshot_host().items()}
+    assert after_host == before_host == {"links": [], "nft": [], "iptables": [], "mounts": [],
+                                         "cgroups": [], "procs": []}
+    assert after_files == before_files
+    print(f"\n50 cycles of run -d/exec/stop/rm: {elapsed:.1f}s ({elapsed / 50 * 1000:.0f} ms per cycle); "
+          f"host-wide counts before {counts_before} after {counts_after}")
+
+
+def test_pause_top_cp_and_port(lab: Path, tmp_path: Path) -> None:
+    root = lab
+    port = free_loopback_port()
+    r = pb(root, "run", "-d", "--name", "ticker", "-p", f"127.0.0.1:{port}:80", "busybox", "sh", "-c",
+           "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done")
+    assert r.code == 0, r.stderr
+    assert pb(root, "port", "ticker").stdout == f"80/tcp -> 127.0.0.1:{port}\n"
+
+    def count() -> int:
+        out = pb_proc(root, "exec", "ticker", "cat", "/tmp/count")
+        return int(out.stdout.strip() or 0)
+
+    wait_for(lambda: count() > 2)
+    assert pb(root, "pause", "ticker").stdout == "ticker\n"
+    assert "(Paused)" in pb(root, "ps").stdout
+    refused = pb_proc(root, "exec", "ticker", "true")
+    assert refused.returncode != 0 and "paused" in refused.stderr
+    host_pid = json.loads(pb(root, "container", "inspect", "ticker").stdout)[0]["State"]["Pid"]
+    counter = Path(f"/proc/{host_pid}/root/tmp/count")      # read from the host: exec is refused
+    frozen = counter.read_text()
+    time.sleep(0.4)
+    assert counter.read_text() == frozen                     # nothing runs while paused
+    assert pb(root, "unpause", "ticker").stdout == "ticker\n"
+    before = count()
+    wait_for(lambda: count() > before + 2)
+
+    top = pb(root, "top", "ticker").stdout.splitlines()
+    assert top[0].split()[:3] == ["UID", "PID", "PPID"]
+    assert any(line.split()[1] == str(host_pid) for line in top[1:])
+
+    # cp both ways, paths resolved inside the container
+    src = tmp_path / "in.txt"
+    src.write_text("from the host\n")
+    assert pb(root, "cp", str(src), "ticker:/tmp/").code == 0
+    assert pb_proc(root, "exec", "ticker", "cat", "/tmp/in.txt").stdout == "from the host\n"
+    assert pb_proc(root, "exec", "ticker", "ln", "-s", "/etc", "/tmp/escape").returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    assert pb(root, "cp", "ticker:/tmp/escape/passwd", str(out / "passwd")).code == 0
+    assert (out / "passwd").read_text().startswith("root:x:0:0:")      # the container's, not the host's
+    assert "www-data" in (out / "passwd").read_text()
+    assert pb(root, "cp", "ticker:/etc", str(out)).code == 0
+    assert (out / "etc" / "group").is_file()
+
+    # a stopped container: its filesystem is mounted privately for the copy
+    assert pb(root, "stop", "-t", "1", "ticker").code == 0
+    assert pb(root, "cp", "ticker:/tmp/in.txt", str(out / "back.txt")).code == 0
+    assert (out / "back.txt").read_text() == "from the host\n"
+    (tmp_path / "late.txt").write_text("copied while stopped\n")
+    assert pb(root, "cp", str(tmp_path / "late.txt"), "ticker:/tmp/late.txt").code == 0
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    assert str(root) not in mounts_before                   # nothing was mounted on the host
+    assert pb(root, "start", "ticker").code == 0
+    assert pb_proc(root, "exec", "ticker", "cat", "/tmp/late.txt").stdout == "copied while stopped\n"
+    assert pb(root, "rm", "-f", "ticker").code == 0
+
+
+def test_a_killed_monitor_takes_the_container_along(lab: Path) -> None:
+    root = lab
+    port = free_loopback_port()
+    assert pb(root, "run", "-d", "--name", "doomed", "-p", f"{port}:80", "busybox", "sleep", "600").code == 0
+    c = ContainerStore(root / "containers").get("doomed")
+    st = c.state()
+    os.kill(st.monitor_pid, 9)
+    wait_for(lambda: not Path(f"/proc/{st.pid}").exists()
+             or Path(f"/proc/{st.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    assert re.search(r"Exited \(\d+\) .*doomed", pb(root, "ps", "-a").stdout)
+    assert pb(root, "ps", "-q").stdout == ""
+    assert pb(root, "rm", "doomed").code == 0           # its network endpoint and rules go too
+    nets = NetworkStore(root / "networks").list_all()
+    left = traces(root, [c.id], [n.id for n in nets], [n.bridge for n in nets], [(st.pid, st.pid_start)])
+    assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}

@@ -1,0 +1,238 @@
+"""COPY / ADD / WORKDIR file actions: docker's rules, and every destination resolved inside
+the root (image symlinks resolved relative to the root)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from runtime import fileops
+from runtime.errors import LayerError, UnsafePath
+from runtime.fileops import FileActionError, copy_action, execute, extract_action, mkdir_action
+from tests.runtime.fsutil import E, make_tar, run_in_child
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Path:
+    c = tmp_path / "ctx"
+    (c / "src" / "lib").mkdir(parents=True)
+    (c / "src" / "main.sh").write_text("#!/bin/sh\n")
+    (c / "src" / "main.sh").chmod(0o755)
+    (c / "src" / "lib" / "util.sh").write_text("util\n")
+    os.symlink("main.sh", c / "src" / "run")
+    os.symlink("../../outside-secret", c / "src" / "escape")
+    (c / "README").write_text("readme\n")
+    os.utime(c / "README", (1500000000, 1500000000))
+    os.symlink("README", c / "readme-link")
+    (c / "src" / "lib" / "h1").write_text("hard")
+    os.link(c / "src" / "lib" / "h1", c / "src" / "lib" / "h2")
+    (tmp_path / "outside-secret").write_text("secret")
+    return c
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "rootfs"
+    (r / "usr").mkdir(parents=True)
+    (r / "opt" / "local").mkdir(parents=True)
+    os.symlink("../opt/local", r / "usr" / "local")          # relative image symlink
+    os.symlink("/opt", r / "abs-opt")                         # absolute image symlink
+    os.symlink("/etc", r / "etc-link")                        # would be the host's /etc if followed
+    (r / "etc").mkdir()
+    return r
+
+
+def run(action: dict[str, object], root: Path) -> dict[str, object]:
+    json.dumps(action)          # actions must be JSON-serializable
+    return execute(action, root)
+
+
+def test_file_into_dir_with_trailing_slash(ctx: Path, root: Path) -> None:
+    run(copy_action(["README"], "/app/", source_root=str(ctx)), root)
+    f = root / "app" / "README"
+    assert f.read_text() == "readme\n"
+    st = f.stat()
+    assert st.st_mtime == 1500000000
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    assert (root / "app").stat().st_mode & 0o7777 == 0o755
+
+
+def test_file_to_new_name_without_slash(ctx: Path, root: Path) -> None:
+    run(copy_action(["README"], "/docs/readme.txt", source_root=str(ctx)), root)
+    assert (root / "docs" / "readme.txt").read_text() == "readme\n"
+    assert (root / "docs").stat().st_mode & 0o777 == 0o755
+
+
+def test_file_into_existing_dir_without_slash(ctx: Path, root: Path) -> None:
+    (root / "existing").mkdir()
+    run(copy_action(["README"], "/existing", source_root=str(ctx)), root)
+    assert (root / "existing" / "README").is_file()
+
+
+def test_relative_dest_is_under_workdir(ctx: Path, root: Path) -> None:
+    run(copy_action(["README"], "sub/", source_root=str(ctx), workdir="/work"), root)
+    assert (root / "work" / "sub" / "README").is_file()
+
+
+def test_directory_source_copies_its_contents(ctx: Path, root: Path) -> None:
+    run(copy_action(["src"], "/app", source_root=str(ctx)), root)
+    app = root / "app"
+    assert sorted(os.listdir(app)) == ["escape", "lib", "main.sh", "run"]
+    assert (app / "main.sh").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(app / "run") == "main.sh"                 # symlinks stay symlinks
+    assert os.readlink(app / "escape") == "../../outside-secret"  # target verbatim, not followed
+    assert os.stat(app / "lib" / "h1").st_ino == os.stat(app / "lib" / "h2").st_ino
+
+
+def test_multiple_sources_need_a_directory_dest(ctx: Path, root: Path) -> None:
+    with pytest.raises(FileActionError, match="end with '/'"):
+        run(copy_action(["README", "src/main.sh"], "/app", source_root=str(ctx)), root)
+    run(copy_action(["README", "src/main.sh"], "/app/", source_root=str(ctx)), root)
+    assert sorted(os.listdir(root / "app")) == ["README", "main.sh"]
+
+
+def test_top_level_source_symlink_is_followed_inside_the_context(ctx: Path, root: Path) -> None:
+    run(copy_action(["readme-link"], "/x/", source_root=str(ctx)), root)
+    f = root / "x" / "readme-link"
+    assert f.is_file() and not f.is_symlink() and f.read_text() == "readme\n"
+    # a source symlink that points out of the context is resolved inside it: not found
+    with pytest.raises(FileActionError, match="not found"):
+        run(copy_action(["src/escape"], "/y/", source_root=str(ctx)), root)
+    with pytest.raises(UnsafePath):
+        run(copy_action(["../outside-secret"], "/y/", source_root=str(ctx)), root)
+
+
+def test_chown_and_chmod(ctx: Path, root: Path) -> None:
+    run(copy_action(["src"], "/srv/app/", source_root=str(ctx), owner=(1000, 1001), mode=0o640), root)
+    for p in [root / "srv", root / "srv" / "app", root / "srv" / "app" / "lib" / "util.sh"]:
+        st = p.lstat()
+        assert (st.st_uid, st.st_gid) == (1000, 1001), p
+    assert (root / "srv" / "app" / "main.sh").stat().st_mode & 0o7777 == 0o640
+    assert (root / "srv" / "app" / "run").lstat().st_uid == 1000
+
+
+def test_dest_through_image_symlinks_stays_in_root(ctx: Path, root: Path) -> None:
+    run(copy_action(["src/main.sh"], "/usr/local/bin/", source_root=str(ctx)), root)
+    assert (root / "opt" / "local" / "bin" / "main.sh").is_file()
+    run(copy_action(["README"], "/abs-opt/docs/", source_root=str(ctx)), root)
+    assert (root / "opt" / "docs" / "README").is_file()
+    run(copy_action(["README"], "/etc-link/", source_root=str(ctx)), root)
+    assert (root / "etc" / "README").is_file()
+    assert not Path("/etc/README").exists()
+
+
+def test_existing_file_is_replaced_not_written_through(ctx: Path, root: Path) -> None:
+    (root / "a").write_text("original")
+    os.link(root / "a", root / "b")
+    os.symlink("/etc/hostname-not-this", root / "c")
+    run(copy_action(["README"], "/a", source_root=str(ctx)), root)
+    run(copy_action(["README"], "/c", source_root=str(ctx)), root)
+    assert (root / "a").read_text() == "readme\n"
+    assert (root / "b").read_text() == "original"
+    assert (root / "c").is_file() and not (root / "c").is_symlink()
+
+
+def test_directory_and_file_do_not_overwrite_each_other(ctx: Path, root: Path) -> None:
+    (root / "app" / "lib").mkdir(parents=True)
+    (root / "app" / "main.sh").mkdir()
+    with pytest.raises(FileActionError, match="overwrite directory"):
+        run(copy_action(["src"], "/app/", source_root=str(ctx)), root)
+
+
+def test_skip_list(ctx: Path, root: Path) -> None:
+    run(copy_action(["."], "/app/", source_root=str(ctx), skip=["src/lib", "README"]), root)
+    assert sorted(os.listdir(root / "app")) == ["readme-link", "src"]
+    assert not (root / "app" / "src" / "lib").exists()
+
+
+def test_mkdir_workdir(root: Path) -> None:
+    (root / "srv").mkdir()
+    run(mkdir_action("/srv/a/b", owner=(5, 6)), root)
+    assert (root / "srv" / "a" / "b").is_dir()
+    assert (root / "srv" / "a").stat().st_uid == 5
+    assert (root / "srv").stat().st_uid == 0           # existing: untouched
+    run(mkdir_action("rel", workdir="/usr/local"), root)
+    assert (root / "opt" / "local" / "rel").is_dir()
+    (root / "file").write_text("x")
+    with pytest.raises(FileActionError, match="not a directory"):
+        run(mkdir_action("/file/sub"), root)
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "bzip2", "xz"])
+def test_extract_archives(codec: str, tmp_path: Path, root: Path) -> None:
+    data = make_tar([E("pkg", "dir"), E("pkg/bin", "dir"), E("pkg/bin/tool", data=b"t", mode=0o755,
+                                                            uid=7, gid=8),
+                     E("pkg/.wh.keep", data=b"a whiteout name is just a name in ADD"),
+                     E("pkg/lib", "symlink", link="/usr/lib")])
+    path = tmp_path / f"a.{codec}"
+    if codec == "none":
+        path.write_bytes(data)
+    else:
+        import bz2
+        import gzip
+        import lzma
+
+        comp = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[codec]
+        path.write_bytes(comp(data))
+    assert fileops.archive_codec(path) == codec
+    run(extract_action(str(path), "/opt/"), root)
+    tool = root / "opt" / "pkg" / "bin" / "tool"
+    assert tool.read_bytes() == b"t" and (tool.stat().st_uid, tool.stat().st_gid) == (7, 8)
+    assert (root / "opt" / "pkg" / ".wh.keep").is_file()
+    assert os.readlink(root / "opt" / "pkg" / "lib") == "/usr/lib"
+    run(extract_action(str(path), "/other", owner=(1, 2)), root)
+    st = (root / "other" / "pkg" / "bin" / "tool").stat()
+    assert (st.st_uid, st.st_gid) == (1, 2)
+
+
+def test_extract_is_contained(tmp_path: Path, root: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(make_tar([E("../../escape", data=b"x")]))
+    with pytest.raises(LayerError, match="'..'"):
+        run(extract_action(str(bad), "/opt/"), root)
+    sneaky = tmp_path / "sneaky.tar"
+    sneaky.write_bytes(make_tar([E("l", "symlink", link="/"), E("l/etc/pwned", data=b"x")]))
+    run(extract_action(str(sneaky), "/dest/"), root)
+    assert (root / "dest" / "etc" / "pwned").is_file()     # contained in the destination
+    assert not (root / "etc" / "pwned").exists()
+
+
+def test_archive_codec_of_a_non_archive(tmp_path: Path) -> None:
+    f = tmp_path / "plain.txt"
+    f.write_text("not an archive at all" * 40)
+    assert fileops.archive_codec(f) is None
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("x")
+        tf.addfile(info, io.BytesIO(b""))
+    (tmp_path / "x.tgz").write_bytes(buf.getvalue())
+    assert fileops.archive_codec(tmp_path / "x.tgz") == "gzip"
+
+
+def test_unknown_op(root: Path) -> None:
+    with pytest.raises(FileActionError):
+        run({"op": "frobnicate"}, root)
+
+
+def _child_copy(action: dict[str, object], root: str) -> dict[str, object]:
+    return execute(action, root)
+
+
+@pytest.mark.needs_userns
+def test_copy_in_a_user_namespace(ctx: Path, root: Path) -> None:
+    """Rootless: the action runs where uid 0 is the mapped user; --chown to an unmapped id
+    is reported, not fatal."""
+    out = run_in_child("tests.runtime.test_fileops", "_child_copy",
+                       copy_action(["src"], "/app/", source_root=str(ctx)), str(root), userns=True)
+    assert (root / "app" / "main.sh").is_file()
+    assert out["warnings"] == []
+    out = run_in_child("tests.runtime.test_fileops", "_child_copy",
+                       copy_action(["README"], "/other/", source_root=str(ctx), owner=(1000, 1000)),
+                       str(root), userns=True)
+    assert (root / "other" / "README").is_file()
+    assert any("not applied" in w for w in out["warnings"])  # type: ignore[union-attr]

@@ -1,0 +1,231 @@
+"""runtime.unpack: what a layer can hold (modes, owners, xattrs, links, devices, sparse files,
+long names, sub-second mtimes), checked against GNU tar's own extraction; whiteouts and opaque
+directories in apply mode and as overlay markers; rootless behaviour in a user namespace."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import LayerError
+from runtime.unpack import ReadAhead, TarReader, apply_layer, extract_tar, unpack_overlay_layer
+from tests.runtime.fsutil import E, make_tar, run_in_child, tree, tree_diff
+
+
+def _gnu_tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "f").write_text("hi")
+    os.link(src / "a" / "f", src / "a" / "hl")
+    os.symlink("../a/f", src / "a" / "b" / "sl")
+    os.symlink("/etc/passwd", src / "abs")
+    os.chmod(src / "a" / "f", 0o4755)
+    (src / "sgid").write_text("g")
+    os.chmod(src / "sgid", 0o2711)
+    (src / "sticky").mkdir()
+    os.chmod(src / "sticky", 0o1777)
+    os.mkfifo(src / "fifo")
+    os.setxattr(src / "a" / "f", "user.test", b"v\x00\xff")
+    deep = src / ("d" * 60) / ("e" * 60) / ("f" * 60)
+    deep.mkdir(parents=True)
+    (deep / ("name-" + "x" * 150)).write_text("long")
+    (src / "big").write_bytes(os.urandom(3 << 20))
+    with open(src / "sparse", "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(b"middle")
+    if os.geteuid() == 0:
+        os.mknod(src / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.chown(src / "a" / "b", 33, 44)
+        os.chown(src / "abs", 5, 6, follow_symlinks=False)
+    os.chmod(src / "a", 0o2775)
+    for p in (src / "a" / "b", src / "a"):
+        os.utime(p, (978307200, 978307200))
+    return src
+
+
+@pytest.mark.parametrize("fmt", ["--format=posix", "--format=gnu"])
+def test_matches_gnu_tar(tmp_path: Path, fmt: str) -> None:
+    src = _gnu_tree(tmp_path)
+    archive = tmp_path / "t.tar"
+    subprocess.run(["tar", fmt, "--xattrs", "--sparse", "-cf", str(archive), "-C", str(src), "."],
+                   check=True)
+    gnu, ours = tmp_path / "gnu", tmp_path / "ours"
+    gnu.mkdir()
+    ours.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xpf", str(archive), "-C", str(gnu)],
+                   check=True)
+    with archive.open("rb") as f:
+        stats = apply_layer(f, ours, rootless=os.geteuid() != 0)
+    assert tree_diff(tree(gnu), tree(ours)) == []
+    assert stats.hardlinks == 1 and stats.symlinks == 2
+    assert os.stat(ours / "sparse").st_blocks * 512 < (1 << 20), "sparse file written dense"
+    assert os.getxattr(ours / "a" / "f", "user.test") == b"v\x00\xff"
+
+
+def test_sub_second_mtimes_and_late_directory_mtimes(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        d = tarfile.TarInfo("d")
+        d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o555, 1000
+        tf.addfile(d)
+        f = tarfile.TarInfo("d/f")
+        f.pax_headers = {"mtime": "1700000000.123456789"}
+        f.size = 1
+        tf.addfile(f, io.BytesIO(b"x"))
+    apply_layer(io.BytesIO(buf.getvalue()), tmp_path)
+    assert os.stat(tmp_path / "d" / "f").st_mtime_ns == 1700000000_123456789
+    st = os.stat(tmp_path / "d")
+    assert st.st_mtime == 1000, "directory mtime must be set after its children"
+    assert st.st_mode & 0o777 == 0o555, "read-only directory mode applied at the end"
+
+
+def test_whiteouts_in_apply_mode(tmp_path: Path) -> None:
+    base = make_tar([E("d", "dir"), E("d/a", data=b"a"), E("d/b", data=b"b"), E("d/sub", "dir"),
+                     E("d/sub/x", data=b"x"), E("o", "dir"), E("o/old", data=b"o"), E("o/keep", "dir"),
+                     E("o/keep/lower", data=b"l"), E("f", data=b"f")])
+    apply_layer(io.BytesIO(base), tmp_path)
+    layer = make_tar([E("d/.wh.a"), E("d/.wh.sub"), E(".wh.f"), E(".wh.never-existed"),
+                      E("o/keep", "dir"), E("o/keep/new", data=b"n"), E("o/.wh..wh..opq"),
+                      E("o/late", data=b"after the marker")])
+    stats = apply_layer(io.BytesIO(layer), tmp_path)
+    names = set(tree(tmp_path)) - {"."}
+    assert names == {"d", "d/b", "o", "o/keep", "o/keep/new", "o/late"}
+    assert stats.whiteouts == 4 and stats.opaques == 1
+
+
+def test_overlay_mode_markers(tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    apply_layer(io.BytesIO(make_tar([E("etc", "dir", mode=0o700, uid=3, gid=4, mtime=123),
+                                     E("etc/x", data=b"x")])), lower)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    layer = make_tar([E("etc/.wh.x"), E("new", "dir"), E("new/.wh..wh..opq"), E("gone", data=b"g"),
+                      E(".wh.gone2"), E("re", "dir")])
+    stats = unpack_overlay_layer(io.BytesIO(layer), upper, lowers=[lower])
+    st = os.lstat(upper / "etc" / "x")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.getxattr(upper / "new", "user.overlay.opaque") == b"y"
+    # an implied parent takes the lower layer's metadata, so the merged view does not change
+    est = os.stat(upper / "etc")
+    assert (est.st_mode & 0o7777, est.st_uid, est.st_gid, est.st_mtime) == (0o700, 3, 4, 123)
+    assert stats.whiteouts == 2 and stats.opaques == 1
+
+
+def test_overlay_mode_dir_over_whiteout_becomes_opaque(tmp_path: Path) -> None:
+    layer = make_tar([E(".wh.d"), E("d", "dir"), E("d/n", data=b"n")])
+    unpack_overlay_layer(io.BytesIO(layer), tmp_path, xattr_ns="user")
+    assert os.getxattr(tmp_path / "d", "user.overlay.opaque") == b"y"
+
+
+def test_overlay_mode_xattr_whiteouts_when_mknod_is_refused(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.mknod
+
+    def no_whiteout_devices(path: str, mode: int = 0o600, device: int = 0, *,
+                            dir_fd: int | None = None) -> None:
+        if stat.S_ISCHR(mode) and device == 0:
+            raise PermissionError(1, "Operation not permitted")
+        real(path, mode, device, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mknod", no_whiteout_devices)
+    unpack_overlay_layer(io.BytesIO(make_tar([E("d", "dir"), E("d/.wh.x")])), tmp_path)
+    wh = tmp_path / "d" / "x"
+    assert wh.is_file() and wh.stat().st_size == 0
+    assert os.getxattr(wh, "user.overlay.whiteout") == b"y"
+    assert os.getxattr(tmp_path / "d", "user.overlay.opaque") == b"x"
+
+
+def test_extract_mode_has_no_whiteouts(tmp_path: Path) -> None:
+    extract_tar(io.BytesIO(make_tar([E(".wh.x", data=b"1"), E(".wh..wh..opq", data=b"2")])), tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [".wh..wh..opq", ".wh.x"]
+
+
+def test_replacing_entries(tmp_path: Path) -> None:
+    apply_layer(io.BytesIO(make_tar([E("x", "dir"), E("x/in", data=b"1"), E("y", data=b"y"),
+                                     E("z", "symlink", link="y")])), tmp_path)
+    apply_layer(io.BytesIO(make_tar([E("x", data=b"file now"), E("y", "dir"), E("z", data=b"z")])), tmp_path)
+    assert (tmp_path / "x").read_bytes() == b"file now"
+    assert (tmp_path / "y").is_dir()
+    assert not (tmp_path / "z").is_symlink() and (tmp_path / "z").read_bytes() == b"z"
+
+
+def test_missing_parents_are_created(tmp_path: Path) -> None:
+    apply_layer(io.BytesIO(make_tar([E("a/b/c", data=b"c")])), tmp_path)
+    assert (tmp_path / "a" / "b" / "c").read_bytes() == b"c"
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+
+
+def test_truncated_stream_is_an_error(tmp_path: Path) -> None:
+    data = make_tar([E("f", data=b"x" * 5000)])
+    with pytest.raises(LayerError, match="end of stream"):
+        apply_layer(io.BytesIO(data[:2048]), tmp_path)
+
+
+def test_garbage_header_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(LayerError, match="bad tar header"):
+        apply_layer(io.BytesIO(b"\x01" * 1024), tmp_path)
+
+
+def test_reader_drains_the_stream(tmp_path: Path) -> None:
+    data = make_tar([E("f", data=b"x")]) + b"\0" * 50000     # trailing padding after the end marker
+    stream = io.BytesIO(gzip.compress(data))
+    with gzip.GzipFile(fileobj=stream) as g:
+        apply_layer(g, tmp_path)
+        assert g.read() == b""
+    reader = TarReader(io.BytesIO(data))
+    assert reader.next() is not None
+    assert reader.next() is None
+    assert reader.drain() > 0
+
+
+def test_readahead_passes_errors_on() -> None:
+    class Boom(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            raise OSError(5, "disk on fire")
+
+    ra = ReadAhead(Boom())  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="disk on fire"):
+        ra.readinto(bytearray(10))
+    ra.close()
+    ok = ReadAhead(io.BytesIO(b"abc" * 1000))
+    assert io.BufferedReader(ok).read() == b"abc" * 1000
+
+
+def _child_rootless_unpack(data_path: str, target: str) -> dict[str, object]:
+    stats = apply_layer(open(data_path, "rb"), Path(target))  # noqa: SIM115
+    return {"owners_dropped": stats.owners_dropped, "warnings": list(stats.warnings),
+            "uid": os.stat(Path(target) / "mine").st_uid}
+
+
+@pytest.mark.needs_userns
+def test_rootless_unpack_in_a_user_namespace(tmp_path: Path) -> None:
+    data = make_tar([E("mine", data=b"m", uid=0, gid=0), E("theirs", data=b"t", uid=33, gid=33),
+                     E("dev", "dir"), E("dev/null", "char", dev=(1, 3)),
+                     E("setuid", data=b"s", mode=0o4755),
+                     E("tx", data=b"x", xattrs={"trusted.secret": b"1", "user.ok": b"2"})])
+    (tmp_path / "l.tar").write_bytes(data)
+    target = tmp_path / "t"
+    target.mkdir()
+    out = run_in_child("tests.runtime.test_unpack", "_child_rootless_unpack", str(tmp_path / "l.tar"),
+                       str(target), userns=True)
+    assert out["owners_dropped"] == 1
+    assert (target / "theirs").read_bytes() == b"t"
+    assert not (target / "dev" / "null").exists()
+    assert (target / "setuid").stat().st_mode & 0o7777 == 0o4755
+    assert os.getxattr(target / "tx", "user.ok") == b"2"
+    warnings = " ".join(out["warnings"])  # type: ignore[arg-type]
+    assert "device node skipped" in warnings and "trusted.secret" in warnings
+    shutil.rmtree(target)
