@@ -10,12 +10,13 @@ Input: the bench's bigcopy tree (../shared/bench/lib/genctx.py bigcopy: 5,000 fi
             ensure_chain (nothing to unpack).
 3. diff:    write_diff of an overlay upper holding the tree (tar + igzip level 1 + sha256 x2
             + store ingest with fsync) vs `tar -cf - | python -m isal.igzip -1` and `pigz -1`.
+4. pull:    registry.remote.pull + ensure_chain from a local docker-registry vs
+            `skopeo copy docker://… containers-storage:` (the issue's 0.7x target).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -174,11 +175,77 @@ def bench_diff(work: Path, tree: Path, runs: int) -> None:
     out.unlink(missing_ok=True)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_pull(work: Path, tar: Path, runs: int) -> None:
+    """pybuild pull + unpack (registry.remote.pull + ensure_chain) vs `skopeo copy docker://…
+    containers-storage:` (which pulls and extracts), from a local docker-registry."""
+    import urllib.request
+
+    store, desc, blob = gzip_image(work, tar)
+    port = _free_port()
+    regdir = work / "registry-data"
+    shutil.rmtree(regdir, ignore_errors=True)
+    env = {**os.environ, "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
+           "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(regdir)}
+    proc = subprocess.Popen(["docker-registry", "serve", str(REPO / "testdata" / "registry.yml")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ref = f"127.0.0.1:{port}/bench/bigcopy:latest"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.1)
+        sh(f"skopeo copy -q --dest-tls-verify=false oci:{store.root}:bench/bigcopy:latest docker://{ref}")
+        from registry.remote.pull import pull
+
+        mb = tar.stat().st_size / 1e6
+        res: dict[str, list[float]] = {"pybuild pull + ensure_chain": [],
+                                       "skopeo copy docker:// containers-storage:": []}
+        split: list[tuple[float, float]] = []
+        for i in range(runs):
+            for label in (list(res) if i % 2 == 0 else list(reversed(res))):
+                if label.startswith("pybuild"):
+                    root = work / f"pull-{i}"
+                    shutil.rmtree(root, ignore_errors=True)
+                    t0 = time.perf_counter()
+                    fresh = DirStore(root)
+                    d = pull(fresh, ref)
+                    t1 = time.perf_counter()
+                    r = ensure_chain_report(fresh, OverlaySnapshotter(root / "snapshots"),
+                                            load_manifest(fresh, d))
+                    t2 = time.perf_counter()
+                    assert len(r.unpacked) == 1
+                    res[label].append(t2 - t0)
+                    split.append((t1 - t0, t2 - t1))
+                    shutil.rmtree(root)
+                else:
+                    subprocess.run(["podman", "rmi", "-f", ref], capture_output=True, check=False)
+                    res[label].append(timed(lambda: sh(
+                        f"skopeo copy -q --src-tls-verify=false docker://{ref} containers-storage:{ref}")))
+        subprocess.run(["podman", "rmi", "-f", ref], capture_output=True, check=False)
+        report("pull + unpack of the bigcopy image from a local registry", mb, res)
+        print(f"pybuild split: pull median {statistics.median(s[0] for s in split):.3f} s, "
+              f"ensure_chain median {statistics.median(s[1] for s in split):.3f} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(regdir, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--work", type=Path, default=Path("/tmp/pybuild-fsbench"))
-    ap.add_argument("--only", default="unpack,chain,diff")
+    ap.add_argument("--only", default="unpack,chain,diff,pull")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tree, tar = prepare_inputs(args.work)
@@ -191,7 +258,8 @@ def main() -> int:
         bench_chain(args.work, tar, args.runs)
     if "diff" in only:
         bench_diff(args.work, tree, args.runs)
-    _ = io
+    if "pull" in only:
+        bench_pull(args.work, tar, args.runs)
     return 0
 
 

@@ -58,7 +58,8 @@ set -eux
 go vet ./...
 go test -short ./...
 EOF
-RUN GOOS=$TARGETOS GOARCH=$TARGETARCH go build -ldflags "-X main.version=${{VERSION}}" -o /out/svc{n} ./cmd/svc{n}
+RUN GOOS=$TARGETOS GOARCH=$TARGETARCH \\
+    go build -ldflags "-X main.version=${{VERSION}}" -o /out/svc{n} ./cmd/svc{n}
 FROM alpine:3.19 AS run{n}
 RUN apk add --no-cache ca-certificates tzdata \\
     && addgroup -S app && adduser -S app -G app
@@ -128,7 +129,8 @@ def main() -> int:
     ok = report(f"grammar.parse, {nlines} lines, warm", timed(lambda: grammar.parse(text), args.runs), 100)
     report(f"grammar.to_buildkit_json, {nlines} lines, warm",
            timed(lambda: grammar.to_buildkit_json(text), args.runs))
-    report(f"grammar.parse, {SMALL.count(chr(10))} lines, warm", timed(lambda: grammar.parse(SMALL), args.runs))
+    report(f"grammar.parse, {SMALL.count(chr(10))} lines, warm",
+           timed(lambda: grammar.parse(SMALL), args.runs))
 
     exe = REPO / ".venv" / "bin" / "pybuild"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "builder"]

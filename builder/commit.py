@@ -4,6 +4,7 @@ history, the manifest, stored and tagged through registry.imagebuild.store_image
 Deterministic: with SOURCE_DATE_EPOCH every history time and the config's ``created`` are that
 epoch; otherwise ``created`` is the time of the last history entry, so a fully cached rebuild
 gives the same image digest. Layer media types follow the manifest (OCI). Imports registry.
+(Mirrors registry.imagebuild.store_image, but leaves index.json alone when tags are unchanged.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass, replace
 
 from builder.state import StageState
 from registry import mediatypes as mt
-from registry.imagebuild import rfc3339, store_image
+from registry.imagebuild import rfc3339
 from registry.layertar import LayerBlob
-from registry.model import Descriptor, History, ImageConfig
-from registry.store import DirStore
+from registry.model import Descriptor, History, ImageConfig, Manifest
+from registry.store import REF_NAME, DirStore
 
 _TO_OCI = {mt.DOCKER_LAYER: mt.OCI_LAYER_GZIP, mt.DOCKER_FOREIGN_LAYER: mt.OCI_LAYER_NONDIST_GZIP}
 
@@ -67,12 +68,18 @@ def finalize(store: DirStore, state: StageState, *, tags: Sequence[str] = (),
     """Write config + manifest for the stage and tag it (untagged images stay listed)."""
     config = image_config(state, labels=labels, epoch=epoch)
     layers = [LayerBlob(_oci(layer.descriptor), layer.diff_id, layer.size) for layer in state.layers]
-    desc = store_image(store, config, layers, tags=tuple(tags))
-    manifest_raw = store.read(desc.digest)
-    from registry.model import Manifest
-
-    manifest = Manifest.from_json(manifest_raw)
-    return Committed(desc, config, str(manifest.config.digest))
+    config_desc = store.put(config.to_json(), mt.OCI_CONFIG)
+    manifest = Manifest(mt.OCI_MANIFEST, config_desc, tuple(layer.descriptor for layer in layers))
+    desc = store.put(manifest.to_json(), mt.OCI_MANIFEST)
+    desc = Descriptor(desc.media_type, desc.digest, desc.size, platform=config.platform)
+    # A rebuild that changes nothing leaves index.json untouched (no rewrite, no fsync).
+    current = {d.annotations.get(REF_NAME): d.digest for d in store.entries()}
+    for name in tags:
+        if current.get(name) != desc.digest:
+            store.tag(name, desc)
+    if not tags and desc.digest not in current.values():
+        store.add_untagged(desc)
+    return Committed(desc, config, str(config_desc.digest))
 
 
 def _oci(desc: Descriptor) -> Descriptor:

@@ -160,7 +160,8 @@ class BuildContext:
             st = os.lstat(self.root)
             found[""] = self._entry("", st)
             self._walk("", None, found, [])
-            self._entries = dict(sorted(found.items(), key=lambda kv: _sort_key(kv[0])))
+            # depth-first over name-sorted directories: already in component-wise order
+            self._entries = found
         return self._entries
 
     def _entry(self, rel: str, st: os.stat_result) -> Entry:

@@ -16,7 +16,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -92,6 +91,7 @@ class Engine:
         self._tmp: Path | None = None
         self._prev: dict[tuple[str, int], str] = {}
         self._remote: Any = None
+        self._stage_labels: dict[int, str] = {}
         self.plan: BuildPlan | None = None
         self.record: BuildRecord | None = None
 
@@ -189,11 +189,11 @@ class Engine:
             raise ContextError(f"cannot read {path}: {exc.strerror}") from None
 
     def build(self) -> BuildResult:
-        import grammar
+        from builder.astcache import parse_cached
         from builder.plan import host_platforms
 
         text, filename = self._read_dockerfile()
-        df = grammar.parse(text, filename=filename)
+        df = parse_cached(text, filename, self.store.subdir("cache") / "ast")
         plat = host_platforms()
         plan = make_plan(df, build_args=self.opts.build_args, target=self.opts.target,
                          platforms=plat, build_contexts=self.opts.build_contexts)
@@ -214,7 +214,7 @@ class Engine:
         prev = self.records.closest_before(rec)
         if prev is not None:
             self._prev = {(s.stage, s.stage_step): s.key for s in prev.steps if s.key}
-        self.records.save(rec)
+        self.records.save(rec, durable=False)
         self._tmp = Path(tempfile.mkdtemp(prefix=f"build-{rec.id}-", dir=self.store.subdir("tmp")))
         try:
             if self.opts.cache_from:
@@ -266,6 +266,8 @@ class Engine:
             for level in levels:
                 run(level[0])
         else:
+            from concurrent.futures import ThreadPoolExecutor
+
             # Independent stages run in parallel; a stage that reads another waits for it.
             with ThreadPoolExecutor(max_workers=min(4, len(plan.stages))) as pool:
                 futures = [pool.submit(run, p.stage.index) for p in preps]
@@ -296,7 +298,7 @@ class Engine:
         """Cache records for --cache-to: the final stage's steps (min) or every stage's (max)."""
         assert self.plan is not None and self.record is not None
         keys: list[str] = []
-        final_label = self.plan.stage(self.plan.target).label
+        final_label = self._stage_labels.get(self.plan.target, "")
         for s in self.record.steps:
             if not s.key or s.status not in ("CACHED", "RAN"):
                 continue
@@ -434,7 +436,8 @@ class Engine:
                           1, stage.from_.original, stage.from_.span.line, key=str(state.key))
         self._add_step(srec)
         self.progress.emit(ev.StepStart(first, total, srec.stage, stage.from_.original, srec.line))
-        srec.status = "RAN" if prep.pulled else "CACHED"
+        srec.status = "PULLED" if prep.pulled else "CACHED"
+        self._stage_labels[stage.index] = srec.stage
         srec.duration = time.perf_counter() - t0
         if prep.pulled:
             self.progress.emit(ev.StepDone(first, srec.duration))
@@ -484,8 +487,10 @@ class Engine:
                 srec.duration = time.perf_counter() - t0
                 self.progress.emit(ev.StepCached(number))
                 return
-            self.cache.save_doc(key, prep.doc)
-            reasons = self._reasons(stage_label, stage_step, prep.doc, state)
+            detail = prep.data.get("detail")
+            doc = replace(prep.doc, detail=detail()) if callable(detail) else prep.doc
+            self.cache.save_doc(key, doc)
+            reasons = self._reasons(stage_label, stage_step, doc, state)
             srec.reasons = [str(r) for r in reasons]
             if self.opts.no_cache or self._no_cache_stage(stage):
                 srec.reasons.insert(0, "cache disabled (--no-cache)" if self.opts.no_cache
@@ -497,6 +502,8 @@ class Engine:
             with log_path.open("wb") as log:
                 step_env.output = _tee(log, lambda data: self.progress.emit(ev.StepOutput(number, data)))
                 outcome = handler.execute(prep, state, step_env)
+            commit = state.extra.pop("commit_seconds", None)
+            srec.commit_seconds = round(commit, 4) if commit is not None else None
             result = self._result(key, outcome, prep)
             self.cache.record(result)
             if result.layer is not None:

@@ -79,18 +79,17 @@ def _archive(store: DirStore, result: BuildResult, spec: OutputSpec) -> None:
 
 def _local(store: DirStore, result: BuildResult, dest: Path) -> None:
     """The image's root filesystem, unpacked into ``dest`` (created; must be empty if it exists)."""
-    from registry.compression import open_sniffed
     from runtime.unpack import apply_layer
 
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise UsageError(f"--output type=local: {dest} is not empty")
     image = _image(store, result)
-    for desc in image.manifest.layers:
-        with store.open(desc.digest) as raw:
-            _, plain = open_sniffed(raw)  # type: ignore[arg-type]
-            apply_layer(plain, dest, layer=str(desc.digest))
-            raw.verify_rest()
+    for layer in image.layers():
+        with layer.open_uncompressed() as plain:
+            apply_layer(plain, dest, layer=str(layer.digest))
+            while plain.read(1 << 20):      # to EOF: the blob digest is verified there
+                pass
 
 
 def _tar(store: DirStore, result: BuildResult, dest: str) -> None:
@@ -98,7 +97,8 @@ def _tar(store: DirStore, result: BuildResult, dest: str) -> None:
     with tempfile.TemporaryDirectory(prefix="pybuild-export-", dir=store.subdir("tmp")) as tmp:
         root = Path(tmp) / "rootfs"
         _local(store, result, root)
-        out = sys.stdout.buffer if dest == "-" else open(dest, "wb")  # noqa: SIM115
+        to_stdout = dest == "-"
+        out = sys.stdout.buffer if to_stdout else open(dest, "wb")  # noqa: SIM115
         try:
             with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for path in sorted(_walk(root)):
@@ -111,7 +111,7 @@ def _tar(store: DirStore, result: BuildResult, dest: str) -> None:
                     else:
                         tar.addfile(info)
         finally:
-            if out is not sys.stdout.buffer:
+            if not to_stdout:
                 out.close()
         with contextlib.suppress(OSError):
             shutil.rmtree(root)

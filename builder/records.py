@@ -36,6 +36,7 @@ class StepRecord:
     reasons: list[str] = field(default_factory=list)
     log: str | None = None        # file name under builds/<id>/
     exit_code: int | None = None
+    commit_seconds: float | None = None   # diff + tar + compress + store of the layer (RAN steps)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:
@@ -94,8 +95,8 @@ class Records:
 
     @staticmethod
     def new_id() -> str:
-        # time-ordered prefix (so ids sort like builds) plus randomness
-        return f"{int(time.time()):x}"[-6:] + secrets.token_hex(3)
+        # the start time in milliseconds (so ids sort like builds) plus a little randomness
+        return f"{time.time_ns() // 1_000_000:012x}" + secrets.token_hex(1)
 
     def path(self, build_id: str) -> Path:
         return self.dir / f"{build_id}.json"
@@ -105,8 +106,20 @@ class Records:
         d.mkdir(exist_ok=True)
         return d
 
-    def save(self, rec: BuildRecord) -> None:
-        atomic_write(self.path(rec.id), canonical_json(rec.to_dict()))
+    def save(self, rec: BuildRecord, *, durable: bool = True) -> None:
+        """Write the record atomically (``durable=False`` skips the fsyncs: the "running"
+        record written at the start only has to survive until the final one replaces it)."""
+        if durable:
+            atomic_write(self.path(rec.id), canonical_json(rec.to_dict()))
+            return
+        tmp = self.dir / f".{rec.id}.{secrets.token_hex(4)}.tmp"
+        tmp.write_bytes(canonical_json(rec.to_dict()))
+        tmp.replace(self.path(rec.id))
+
+    def _ids_newest_first(self) -> list[str]:
+        names = [e.name[:-5] for e in os.scandir(self.dir)
+                 if e.name.endswith(".json") and not e.name.startswith(".")]
+        return sorted(names, reverse=True)
 
     def load(self, build_id: str) -> BuildRecord:
         return BuildRecord.from_dict(json.loads(self.path(build_id).read_bytes()))
@@ -129,19 +142,34 @@ class Records:
         return [r for r in self.all() if r.id.startswith(prefix)]
 
     def last(self) -> BuildRecord | None:
-        records = self.all()
-        return records[-1] if records else None
-
-    def closest_before(self, rec: BuildRecord) -> BuildRecord | None:
-        """The most recent earlier build of the same Dockerfile (same context and target first)."""
-        earlier = [r for r in self.all() if r.id != rec.id and r.started <= rec.started and r.steps]
-        for want in (lambda r: r.identity() == rec.identity(),
-                     lambda r: r.dockerfile == rec.dockerfile,
-                     lambda r: True):
-            matches = [r for r in earlier if want(r)]
-            if matches:
-                return matches[-1]
+        for build_id in self._ids_newest_first():
+            try:
+                return self.load(build_id)
+            except (OSError, ValueError, TypeError):
+                continue
         return None
+
+    def closest_before(self, rec: BuildRecord, *, scan: int = 200) -> BuildRecord | None:
+        """The most recent earlier build of the same Dockerfile (same context and target
+        first, then the same Dockerfile, then any), looking at the newest ``scan`` records."""
+        same_file: BuildRecord | None = None
+        anything: BuildRecord | None = None
+        for build_id in self._ids_newest_first()[:scan]:
+            if build_id == rec.id:
+                continue
+            try:
+                r = self.load(build_id)
+            except (OSError, ValueError, TypeError):
+                continue
+            if r.started > rec.started or not r.steps:
+                continue
+            if r.identity() == rec.identity():
+                return r
+            if same_file is None and r.dockerfile == rec.dockerfile:
+                same_file = r
+            if anything is None:
+                anything = r
+        return same_file or anything
 
     def read_log(self, build_id: str, name: str) -> Iterator[bytes]:
         with (self.dir / build_id / name).open("rb") as f:

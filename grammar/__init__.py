@@ -29,16 +29,27 @@ Public surface (everything else is private):
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from grammar.errors import DirectiveError, ExpansionError, InstructionError, ParseError
 
 if TYPE_CHECKING:
+    from grammar import ast, lint, words
     from grammar.ast import Dockerfile, Instruction, Mount
 
 __all__ = ["EXPANDING_INSTRUCTIONS", "DirectiveError", "ExpansionError", "InstructionError", "ParseError",
-           "dump", "expands_words", "parse", "parse_mount", "to_buildkit_json"]
+           "ast", "dump", "expands_words", "lint", "parse", "parse_mount", "to_buildkit_json", "words"]
+_SUBMODULES = ("ast", "lint", "words")
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``grammar.ast``, ``grammar.words`` and ``grammar.lint`` load on first use (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"grammar.{name}")
+    raise AttributeError(f"module 'grammar' has no attribute {name!r}")
 
 # Instructions whose words the builder expands with the current ARG/ENV values. RUN, CMD,
 # ENTRYPOINT, SHELL and HEALTHCHECK leave $VAR to the shell; MAINTAINER is taken as is;

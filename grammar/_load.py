@@ -29,8 +29,8 @@ def _cache_dir() -> Path | None:
     The cache is a pickle, so it is only used from a directory that we own and that nobody
     else can write to.
     """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(base) / "pybuild"
+    base = os.environ.get("XDG_CACHE_HOME")
+    path = (Path(base) if base else Path.home() / ".cache") / "pybuild"
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.stat()

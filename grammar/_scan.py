@@ -4,7 +4,8 @@ BOM, parser directives (``# syntax``, ``# escape``, ``# check`` at the very top)
 blank lines, continuation lines (with either escape token; comments and blank lines inside a
 continuation are dropped), and heredoc bodies, which are read only after the instruction
 that announces them has been parsed (grammar.transform). The result is a Tree: BuildKit's
-parse tree plus the physical lines, kept for error excerpts. Imports lark via transform.
+parse tree plus the physical lines, kept for error excerpts. Imports lark via transform (not
+grammar.ast: the JSON export needs no typed AST).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from grammar import ast
 from grammar.errors import DirectiveError, ParseError
 from grammar.transform import Node, heredocs_in_line, parse_line
 from grammar.words import GO_SPACES
@@ -24,14 +24,13 @@ KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 
 @dataclass(slots=True)
 class Tree:
-    """BuildKit's parse result: directives, the instruction Nodes, parser warnings."""
+    """BuildKit's parse result: the directives found and the instruction Nodes."""
 
     filename: str
-    directives: ast.Directives
-    check: str | None  # the raw ``# check=`` value
     nodes: list[Node]
-    warnings: list[ast.LintWarning]
     lines: list[str]  # physical lines without their terminators (for error excerpts)
+    directives: dict[str, str] = field(default_factory=dict)  # name -> value, as written
+    directive_lines: dict[str, int] = field(default_factory=dict)
     positions: list[list[tuple[int, int, int]]] = field(default_factory=list)
     # per node: (offset in the logical line, physical line, 0-based column) for each piece
 
@@ -127,45 +126,6 @@ class _Directives:
     def escape(self) -> str:
         return self.values.get("escape", "\\")
 
-    def result(self) -> ast.Directives:
-        """The directives; ``check`` is parsed later (BuildKit's parser does not read it)."""
-        spans = tuple((name, ast.Span(self.filename, line, 1, line)) for name, line in self.lines.items())
-        return ast.Directives(escape=self.escape, syntax=self.values.get("syntax"), spans=spans)
-
-
-def parse_check(value: str, filename: str = "Dockerfile", line: int = 0) -> ast.CheckConfig:
-    """``# check=skip=A,B;error=true`` (also ``skip=all``), as BuildKit's linter reads it."""
-    skip: set[str] = set()
-    skip_all = error = False
-    value = value.strip()
-    if not value:
-        return ast.CheckConfig()
-    for part in value.split(";", 2):
-        key, sep, val = part.partition("=")
-        key = key.strip()
-        if not sep:
-            raise DirectiveError(f"invalid check option {part!r}", filename=filename, line=line, column=1,
-                                 hint="the form is `# check=skip=<rule>[,<rule>];error=<true|false>`")
-        if key == "skip":
-            val = val.strip()
-            if val == "all":
-                skip_all = True
-            else:
-                skip |= {rule.strip() for rule in val.split(",")}
-        elif key == "error":
-            flag = val.strip().lower()
-            if flag not in ("1", "t", "true", "0", "f", "false"):
-                raise DirectiveError(f"failed to parse check option {part!r}", filename=filename, line=line,
-                                     column=1, hint="error= takes true or false")
-            error = flag in ("1", "t", "true")
-        elif key == "experimental":
-            continue
-        else:
-            raise DirectiveError(f"invalid check option {key!r}", filename=filename, line=line, column=1,
-                                 hint="known options: skip, error, experimental")
-    return ast.CheckConfig(skip=frozenset(skip), skip_all=skip_all, error=error)
-
-
 def parse_tree(source: str | bytes, filename: str = "Dockerfile") -> Tree:
     """Read a whole Dockerfile into BuildKit's parse tree (no instruction validation).
 
@@ -177,8 +137,7 @@ def parse_tree(source: str | bytes, filename: str = "Dockerfile") -> Tree:
     if text.startswith("\ufeff"):
         text = text[1:]
     raw_lines, too_long = _split_lines(text)
-    tree = Tree(filename=filename, directives=ast.Directives(), check=None, nodes=[], warnings=[],
-                lines=[raw.rstrip("\r\n") for raw in text.split("\n")])
+    tree = Tree(filename=filename, nodes=[], lines=[raw.rstrip("\r\n") for raw in text.split("\n")])
     directives = _Directives(filename)
     count = len(raw_lines)
     i = 0
@@ -219,6 +178,10 @@ def parse_tree(source: str | bytes, filename: str = "Dockerfile") -> Tree:
         try:
             node = parse_line(logical, escape)
         except ParseError as exc:
+            offset = getattr(exc, "offset", None)
+            if offset is not None:
+                where, column = tree.locate(len(tree.positions) - 1, offset)
+                raise tree.error(exc, where, column, current) from None
             raise tree.error(exc, start, positions[0][2] + 1, current) from None
         node.original, node.start_line, node.empty_continuation = logical, start, empty_continuation
         if node.can_contain_heredoc and "<<" in logical:
@@ -257,6 +220,5 @@ def parse_tree(source: str | bytes, filename: str = "Dockerfile") -> Tree:
     if too_long:
         raise tree.error(ParseError(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES - 1}"),
                          current + 1)
-    tree.directives = directives.result()
-    tree.check = directives.values.get("check")
+    tree.directives, tree.directive_lines = directives.values, directives.lines
     return tree

@@ -2,9 +2,12 @@
 
 Values are kept exactly as written: words are *not* expanded (quotes, escapes and ``$VAR``
 stay where BuildKit keeps them), because the builder expands them per step with the current
-ARG/ENV values (``grammar.words``). ``EXPANDED_FIELDS`` on each class names the fields the
-builder must expand; ``EXPANDS_WORDS`` says whether the instruction expands at all (RUN, CMD,
-ENTRYPOINT, SHELL and HEALTHCHECK leave ``$VAR`` to the shell). Stdlib only.
+ARG/ENV values. ``EXPANDS_WORDS`` says whether an instruction expands at all (RUN, CMD,
+ENTRYPOINT, SHELL and HEALTHCHECK leave ``$VAR`` to the shell); ``EXPANDED_FIELDS`` names the
+fields to expand, each word with ``grammar.words.expand(word, env, escape=df.escape)`` except:
+EXPOSE ports with ``expand_words`` (one word may give several), RUN mounts with
+``grammar.parse_mount(m.raw, expand=...)``, and COPY/ADD inline sources whose ``expand`` is
+true with ``expand_heredoc``. Stdlib only.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ that compare with ``docker build`` see the same text; ``str(err)`` prefixes the 
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar
 
 
@@ -37,7 +36,8 @@ class ParseError(Exception):
     def located(self, *, filename: str, line: int, column: int = 0, end_line: int | None = None,
                 excerpt: str = "") -> ParseError:
         """A copy of this error that points at a place in a Dockerfile (same class and hint)."""
-        new = copy.copy(self)
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
         new.filename, new.line, new.column = filename, line, column
         new.end_line = end_line if end_line is not None else line
         new.excerpt = excerpt
@@ -48,9 +48,16 @@ class ParseError(Exception):
         """``Dockerfile:LINE:COL: message`` plus the offending line with a caret under COL."""
         text = str(self)
         if self.excerpt and self.line:
+            excerpt, column = self.excerpt.expandtabs(1), max(self.column, 1)
+            if len(excerpt) > _EXCERPT_WIDTH:  # show a window around the column
+                start = max(0, min(column - 1 - _EXCERPT_WIDTH // 2, len(excerpt) - _EXCERPT_WIDTH))
+                window = excerpt[start:start + _EXCERPT_WIDTH]
+                prefix = "..." if start else ""
+                suffix = "..." if start + _EXCERPT_WIDTH < len(excerpt) else ""
+                excerpt, column = prefix + window + suffix, column - start + len(prefix)
             gutter = f"{self.line:>4} | "
-            caret = " " * (len(gutter) - 2) + "| " + " " * max(self.column - 1, 0) + "^"
-            text += f"\n{gutter}{self.excerpt.expandtabs(1)}\n{caret}"
+            caret = " " * (len(gutter) - 2) + "| " + " " * (column - 1) + "^"
+            text += f"\n{gutter}{excerpt}\n{caret}"
         return text
 
 
@@ -98,4 +105,5 @@ def _go_quote(text: str) -> str:
     return "".join(out)
 
 
+_EXCERPT_WIDTH = 100
 _NAMED_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}

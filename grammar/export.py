@@ -1,6 +1,7 @@
 """Printing Dockerfiles: the stable golden dump of the typed AST, and BuildKit's parse tree
 as JSON records (what ``pybuild parse --json`` prints, one object per instruction, the
-fields of ../shared/conformance/dockerfile/*.expected.json). Stdlib only.
+fields of ../shared/conformance/dockerfile/*.expected.json). Stdlib only; grammar.ast is
+imported only by the dump.
 """
 
 from __future__ import annotations
@@ -8,9 +9,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from grammar import ast
-
 if TYPE_CHECKING:
+    from grammar import ast
     from grammar._scan import Tree
     from grammar.transform import Node
 
@@ -28,6 +28,8 @@ def _span(span: ast.Span) -> str:
 
 
 def _instruction(ins: ast.Instruction, indent: str) -> list[str]:
+    from grammar import ast  # not at module scope: the JSON export needs no typed AST
+
     head = f"{indent}{_span(ins.span)} {ins.KIND}"
     if ins.keyword != ins.KIND:
         head += f" keyword={ins.keyword!r}"

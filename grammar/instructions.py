@@ -3,13 +3,12 @@
 BuildKit's parser accepts any keyword and any flag; its ``instructions`` package then
 rejects unknown instructions, unknown, duplicate or malformed flags, wrong argument counts,
 bad HEALTHCHECK options and RUN --mount specs. This module does the same, with BuildKit's
-messages, and points every error at the offending token. Stdlib only (the Tree comes from
-grammar._scan).
+messages, and points every error at the offending token. Imports grammar.transform (and so
+lark) for the Node type and heredoc markers.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import re
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from grammar import ast
-from grammar.errors import InstructionError, ParseError, _go_quote
+from grammar.errors import DirectiveError, InstructionError, ParseError, _go_quote
 from grammar.transform import HeredocBody, Node, go_to_utf8, heredoc_marker
 
 if TYPE_CHECKING:
@@ -151,18 +150,57 @@ def ram_in_bytes(text: str) -> int:
     return int(number * 1024 ** ("kmgtp".index(unit) + 1 if unit else 0))
 
 
+def csv_fields(line: str) -> list[str]:
+    """One CSV record as Go's encoding/csv reads it (strict quotes); raises ValueError."""
+    fields: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        if i < n and line[i] == '"':
+            i += 1
+            field: list[str] = []
+            while True:
+                end = line.find('"', i)
+                if end < 0:
+                    raise ValueError(f'parse error on line 1, column {n + 1}: extraneous or missing " in '
+                                     'quoted-field')
+                field.append(line[i:end])
+                i = end + 1
+                if i < n and line[i] == '"':
+                    field.append('"')
+                    i += 1
+                    continue
+                break
+            if i < n and line[i] != ",":
+                raise ValueError(f'parse error on line 1, column {i + 1}: extraneous or missing " in '
+                                 'quoted-field')
+            fields.append("".join(field))
+        else:
+            end = line.find(",", i)
+            end = n if end < 0 else end
+            text = line[i:end]
+            if '"' in text:
+                raise ValueError(f'parse error on line 1, column {i + text.index(chr(34)) + 1}: bare " in '
+                                 'non-quoted-field')
+            fields.append(text)
+            i = end
+        if i >= n:
+            return fields
+        i += 1  # the comma
+
+
 def parse_mount(spec: str, *, expand: Callable[[str], str] | None = None) -> ast.Mount:
     """A ``--mount`` value, as BuildKit's parseMount reads it; raises ParseError.
 
     Without ``expand`` (at parse time) values holding ``$`` are kept as written and listed
     in ``Mount.deferred``; the builder calls again with ``expand`` to get the final mount.
     """
-    try:
-        fields = next(csv.reader([spec], strict=True), []) if spec else None
-    except csv.Error as exc:
-        raise ParseError(f"failed to parse csv mounts: {exc}") from None
-    if not fields:
+    if not spec:
         raise ParseError("failed to parse csv mounts: EOF")
+    try:
+        fields = csv_fields(spec)
+    except ValueError as exc:
+        raise ParseError(f"failed to parse csv mounts: {exc}",
+                         hint='quote a whole field to use commas in it: "target=/a,b"') from None
     m: dict[str, Any] = {"type": "bind"}
     deferred: list[str] = []
     ro_auto = True
@@ -245,7 +283,8 @@ def _mount_field(m: dict[str, Any], key: str, value: str, item: str) -> None:
         m[key] = number
     else:
         guess = suggest(key, list(MOUNT_KEYS), fold=False)
-        raise ParseError(f"unexpected key '{key}' in '{item}'", hint=f"did you mean {guess}?" if guess else None)
+        raise ParseError(f"unexpected key '{key}' in '{item}'",
+                         hint=f"did you mean {guess}?" if guess else None)
 
 
 def _validate_mount(spec: str, m: dict[str, Any], ro_auto: bool, deferred: tuple[str, ...]) -> ast.Mount:
@@ -400,9 +439,13 @@ def convert(node: Node, ctx: _Context, heredocs: list[HeredocBody] | None = None
     heredocs = node.heredocs if heredocs is None else heredocs
     kind = node.kind
     if kind not in _CONVERTERS:
+        if not node.keyword:
+            raise ctx.error("unknown instruction: ", hint="the file ends with a line continuation and "
+                            "nothing after it: remove the escape character at the end of the line")
         guess = suggest(node.keyword, list(INSTRUCTION_NAMES))
         raise ctx.error(f"unknown instruction: {node.keyword}",
-                        hint=f"did you mean {guess}?" if guess else "instructions: " + " ".join(INSTRUCTION_NAMES))
+                        hint=f"did you mean {guess}?" if guess
+                        else "instructions: " + " ".join(INSTRUCTION_NAMES))
     if kind == "from":
         _stage_name(node, ctx)  # BuildKit checks the arguments before the flags
     flags, fv = parse_flags(node, ctx)
@@ -428,7 +471,10 @@ def _stage_name(node: Node, ctx: _Context) -> tuple[str | None, str | None]:
                             hint="stage names are [a-z][a-z0-9-_.]*")
         return name, args[1]
     if len(args) != 1:
-        raise ctx.error("FROM requires either one or three arguments", hint="FROM [--platform=<p>] <image> [AS <name>]")
+        hint = "FROM [--platform=<p>] <image> [AS <name>]"
+        if "#" in args[1:]:
+            hint = "# starts a comment only at the beginning of a line"
+        raise ctx.error("FROM requires either one or three arguments", hint=hint)
     return None, None
 
 
@@ -578,7 +624,8 @@ def _shell(node: Node, ctx: _Context, fv: dict[str, Any], common: dict[str, Any]
 def _healthcheck(node: Node, ctx: _Context, fv: dict[str, Any], common: dict[str, Any],
                  heredocs: list[HeredocBody]) -> ast.Instruction:
     if not node.values:
-        raise ctx.error("HEALTHCHECK requires at least one argument", hint="HEALTHCHECK [options] CMD <command> | NONE")
+        raise ctx.error("HEALTHCHECK requires at least one argument",
+                        hint="HEALTHCHECK [options] CMD <command> | NONE")
     kind = node.values[0].upper()
     args = node.values[1:]
     if kind == "NONE":
@@ -599,7 +646,8 @@ def _healthcheck(node: Node, ctx: _Context, fv: dict[str, Any], common: dict[str
         try:
             ns = go_duration(text)
         except ValueError as exc:
-            raise ctx.error(str(exc), at=_flag_at(node, flag), hint="durations look like 30s, 1m30s, 500ms") from None
+            raise ctx.error(str(exc), at=_flag_at(node, flag),
+                            hint="durations look like 30s, 1m30s, 500ms") from None
         if ns and ns < MIN_DURATION_NS:
             raise ctx.error(f"Interval {_go_quote(flag)} cannot be less than 1ms", at=_flag_at(node, flag))
         durations[flag] = ns
@@ -626,7 +674,8 @@ def _onbuild(node: Node, ctx: _Context, fv: dict[str, Any], common: dict[str, An
     if trigger.kind == "onbuild":
         raise ctx.error("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed", at=trigger.keyword_at)
     if trigger.kind in ("from", "maintainer"):
-        raise ctx.error(f"{trigger.keyword.upper()} isn't allowed as an ONBUILD trigger", at=trigger.keyword_at)
+        raise ctx.error(f"{trigger.keyword.upper()} isn't allowed as an ONBUILD trigger",
+                        at=trigger.keyword_at)
     expression = _ONBUILD_PREFIX.sub("", node.original, count=1)
     for body in heredocs:
         expression += "\n" + body.content + body.name
@@ -643,18 +692,53 @@ _CONVERTERS: dict[str, Converter] = {
 }
 
 
+def parse_check(value: str, filename: str = "Dockerfile", line: int = 0) -> ast.CheckConfig:
+    """``# check=skip=A,B;error=true`` (also ``skip=all``), as BuildKit's linter reads it."""
+    skip: set[str] = set()
+    skip_all = error = False
+    value = value.strip()
+    if not value:
+        return ast.CheckConfig()
+    for part in value.split(";", 2):
+        key, sep, val = part.partition("=")
+        key = key.strip()
+        if not sep:
+            raise DirectiveError(f"invalid check option {part!r}", filename=filename, line=line, column=1,
+                                 hint="the form is `# check=skip=<rule>[,<rule>];error=<true|false>`")
+        if key == "skip":
+            val = val.strip()
+            if val == "all":
+                skip_all = True
+            else:
+                skip |= {rule.strip() for rule in val.split(",")}
+        elif key == "error":
+            flag = val.strip()
+            if flag not in _TRUE + _FALSE:
+                raise DirectiveError(f"failed to parse check option {part!r}", filename=filename, line=line,
+                                     column=1, hint="error= takes true or false")
+            error = flag in _TRUE
+        elif key != "experimental":
+            raise DirectiveError(f"invalid check option {key!r}", filename=filename, line=line, column=1,
+                                 hint="known options: skip, error, experimental")
+    return ast.CheckConfig(skip=frozenset(skip), skip_all=skip_all, error=error)
+
+
+def directives(tree: Tree) -> ast.Directives:
+    """The parser directives of ``tree`` (``# check=`` read here: BuildKit's parser does not)."""
+    found, lines = tree.directives, tree.directive_lines
+    spans = tuple((name, ast.Span(tree.filename, line, 1, line)) for name, line in lines.items())
+    check = ast.CheckConfig()
+    if "check" in found:
+        try:
+            check = parse_check(found["check"], tree.filename, lines["check"])
+        except ParseError as exc:
+            raise tree.error(exc, lines["check"], 1) from None
+    return ast.Directives(escape=found.get("escape", "\\"), syntax=found.get("syntax"), check=check,
+                          spans=spans)
+
+
 def build(tree: Tree) -> tuple[ast.Directives, tuple[ast.Instruction, ...]]:
     """Every Node of ``tree`` as a typed instruction, plus the directives with ``check`` read."""
-    directives = tree.directives
-    if tree.check is not None:
-        from grammar._scan import parse_check
-
-        line = dict(directives.spans)["check"].line
-        try:
-            check = parse_check(tree.check, tree.filename, line)
-        except ParseError as exc:
-            raise tree.error(exc, line, 1) from None
-        directives = replace(directives, check=check)
     out: list[ast.Instruction] = []
     seen_from = False
     for index, node in enumerate(tree.nodes):
@@ -664,6 +748,7 @@ def build(tree: Tree) -> tuple[ast.Directives, tuple[ast.Instruction, ...]]:
             seen_from = True
         elif not seen_from and not isinstance(instruction, ast.Arg):
             raise ctx.error("no build stage in current context",
-                            hint=f"{node.keyword.upper()} must come after a FROM line (only ARG may come before)")
+                            hint=f"{node.keyword.upper()} must come after a FROM line "
+                                 "(only ARG may come before)")
         out.append(instruction)
-    return directives, tuple(out)
+    return directives(tree), tuple(out)

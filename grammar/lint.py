@@ -25,8 +25,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PLATFORM_ARGS = frozenset({"BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT", "TARGETPLATFORM",
                            "TARGETOS", "TARGETARCH", "TARGETVARIANT", "TARGETSTAGE"})
 RESERVED_STAGE_NAMES = frozenset({"scratch", "context"})
-_SECRET_NAME = re.compile(r"(?:^|_)(?:apikey|auth|credentials?|key|password|pword|passwd|secret|token)(?:_|$)",
-                          re.I)
+_WINDOWS_ABS = re.compile(r"[A-Za-z]:[\\/]")
+_SECRET_NAME = re.compile(
+    r"(?:^|_)(?:apikey|auth|credentials?|key|password|pword|passwd|secret|token)(?:_|$)", re.I)
 _SECRET_EXCEPTIONS = re.compile(r"(?:^|_)(?:public|file|path|dir|url|id|name|type)(?:_|$)", re.I)
 
 
@@ -83,8 +84,8 @@ def _static_checks(df: ast.Dockerfile, tree: Tree) -> Iterator[ast.LintWarning]:
             yield _warn("MaintainerDeprecated", "MAINTAINER is deprecated: use "
                         'LABEL org.opencontainers.image.authors="..." instead', ins.span)
         if isinstance(ins, ast.Env | ast.Label) and ins.legacy:
-            yield _warn("LegacyKeyValueFormat", f'"{ins.KIND} key=value" should be used instead of the legacy '
-                        f'"{ins.KIND} key value" format', ins.span)
+            yield _warn("LegacyKeyValueFormat", f'"{ins.KIND} key=value" should be used instead of the '
+                        f'legacy "{ins.KIND} key value" format', ins.span)
         if isinstance(ins, ast.Arg | ast.Env):
             pairs: Iterable[tuple[str, object]] = ins.args if isinstance(ins, ast.Arg) else ins.pairs
             for name, _ in pairs:
@@ -123,19 +124,18 @@ def _stage_checks(stage: ast.Stage) -> Iterator[ast.LintWarning]:
     for ins in stage.instructions:
         if isinstance(ins, ast.Shell):
             shell_set = True
-        if isinstance(ins, ast.Cmd | ast.Entrypoint):
-            if not ins.exec_form and not shell_set:
-                yield _warn("JSONArgsRecommended", f"JSON arguments recommended for {ins.KIND} to prevent "
-                            "unintended behavior related to OS signals: "
-                            f'{ins.KIND} ["executable", "param"]', ins.span)
+        if isinstance(ins, ast.Cmd | ast.Entrypoint) and not ins.exec_form and ins.command and not shell_set:
+            yield _warn("JSONArgsRecommended", f"JSON arguments recommended for {ins.KIND} to prevent "
+                        "unintended behavior related to OS signals: "
+                        f'{ins.KIND} ["executable", "param"]', ins.span)
         if isinstance(ins, ast.Cmd | ast.Entrypoint | ast.Healthcheck):
             if ins.KIND in last:
-                yield _warn("MultipleInstructionsDisallowed", f"multiple {ins.KIND} instructions should not be "
-                            f"used in the same stage because only the last one will be used (the first is "
-                            f"at line {last[ins.KIND].span.line})", last[ins.KIND].span)
+                yield _warn("MultipleInstructionsDisallowed", f"multiple {ins.KIND} instructions should not "
+                            "be used in the same stage because only the last one will be used (this one "
+                            f"is overridden at line {ins.span.line})", last[ins.KIND].span)
             last[ins.KIND] = ins
         if isinstance(ins, ast.Workdir):
-            if ins.path.startswith("/") or ins.path.startswith("$"):
+            if ins.path.startswith(("/", "$", "\\")) or _WINDOWS_ABS.match(ins.path):
                 absolute_workdir = True
             elif not absolute_workdir:
                 yield _warn("WorkdirRelativePath", f"relative workdir '{ins.path}' can have unexpected "

@@ -86,6 +86,10 @@ _INSTRUCTIONS = ("add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "fr
 _NON_STRING = object()
 
 
+def _pos(token: lark.Token) -> int:
+    return token.start_pos or 0
+
+
 def _json_value(item: Any) -> Any:
     if isinstance(item, lark.Token):
         if item.type == "J_STRING":
@@ -110,7 +114,7 @@ class _Callbacks(lark.Transformer):  # type: ignore[type-arg]
                 continue
             values.append(_json_value(item))
             if isinstance(item, lark.Token):
-                offsets.append(item.start_pos + len(item.value) - len(item.value.lstrip(_JSON_WS)))
+                offsets.append(_pos(item) + len(item.value) - len(item.value.lstrip(_JSON_WS)))
             else:
                 offsets.append(-1)
         return _Exec(values, offsets)
@@ -297,13 +301,13 @@ def _build(item: tuple[str, list[Any]], line: str, escape: str, shift: int) -> N
     kind, children = item
     keyword_tok: lark.Token = children[0]
     node = Node(kind="" if kind == "unknown" else kind, keyword=keyword_tok.value,
-                keyword_at=keyword_tok.start_pos + shift)
+                keyword_at=_pos(keyword_tok) + shift)
     i = 1
     while i < len(children) and isinstance(children[i], lark.Token) and children[i].type in _FLAG_TYPES:
         tok = children[i]
         lead = _lead(tok.value, GO_SPACES)
         node.flags.append(flag_word(tok.value[lead:], escape))
-        node.flag_at.append(tok.start_pos + lead + shift)
+        node.flag_at.append(_pos(tok) + lead + shift)
         i += 1
     if i < len(children) and isinstance(children[i], lark.Token) and children[i].type in _DASHDASH_TYPES:
         i += 1
@@ -320,7 +324,7 @@ def _build(item: tuple[str, list[Any]], line: str, escape: str, shift: int) -> N
         type_tok: lark.Token = rest[0]
         lead = _lead(type_tok.value, GO_SPACES)
         node.values.append(type_tok.value[lead:])
-        node.value_at.append(type_tok.start_pos + lead + shift)
+        node.value_at.append(_pos(type_tok) + lead + shift)
         rest = rest[1:]
     if not rest:
         return node
@@ -338,13 +342,13 @@ def _build(item: tuple[str, list[Any]], line: str, escape: str, shift: int) -> N
         # after HEALTHCHECK's type word only ASCII blanks are skipped (a byte-wise scan)
         lead = _lead(tok.value, GO_SPACES if kind != "healthcheck" else _ASCII_WS)
         node.values.append(tok.value[lead:])
-        node.value_at.append(tok.start_pos + lead + shift)
+        node.value_at.append(_pos(tok) + lead + shift)
         return node
     if tok.type in ("WORD1", "WORD"):
         for word in rest:
             lead = _lead(word.value, GO_SPACES if word.type == "WORD1" else _K_WS)
             node.values.append(word.value[lead:])
-            node.value_at.append(word.start_pos + lead + shift)
+            node.value_at.append(_pos(word) + lead + shift)
         return node
     # ENV, LABEL, ARG: quote-aware words (a trailing lone escape token is dropped)
     words: list[str] = []
@@ -354,7 +358,7 @@ def _build(item: tuple[str, list[Any]], line: str, escape: str, shift: int) -> N
             continue
         lead = _lead(word.value, GO_SPACES)
         words.append(word.value[lead:])
-        offsets.append(word.start_pos + lead)
+        offsets.append(_pos(word) + lead)
     if kind == "arg":
         node.values, node.value_at = words, [o + shift for o in offsets]
         return node
@@ -377,8 +381,10 @@ def _name_values(node: Node, words: list[str], offsets: list[int], line: str, sh
     for word, at in zip(words, offsets, strict=True):
         key, sep, value = word.partition("=")
         if not sep:
-            raise ParseError(f"Syntax error - can't find = in {_go_quote(word)}. "
-                             "Must be of the form: name=value")
+            exc = ParseError(f"Syntax error - can't find = in {_go_quote(word)}. Must be of the form: "
+                             "name=value", hint=f"write {word}=<value>, or quote a value that has blanks")
+            exc.offset = at + shift  # type: ignore[attr-defined]
+            raise exc
         node.values += [key, value]
         node.value_at += [at + shift, at + len(key) + 1 + shift]
 
@@ -410,6 +416,7 @@ def parse_line(logical: str, escape: str) -> Node:
     backtick = escape == "`"
     start = "start_bt" if backtick else "start"
     parser = _parser()
+    item: Any
     try:
         item = parser.parse(text, start=start)
     except lark.exceptions.UnexpectedInput:
@@ -432,7 +439,10 @@ def parse_line(logical: str, escape: str) -> Node:
     return node
 
 
-def _strip_go_flags(text: str, escape: str) -> tuple[str, list[tuple[int, int]], list[tuple[list[str], list[int]]]]:
+_Levels = list[tuple[list[str], list[int]]]
+
+
+def _strip_go_flags(text: str, escape: str) -> tuple[str, list[tuple[int, int]], _Levels]:
     """For a line with non-ASCII text: take the flags off with Go's byte-wise scan, so that the
     grammar sees the keyword, a "--" (no more flags) and the arguments only; ONBUILD's
     trigger gets the same treatment.

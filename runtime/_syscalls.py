@@ -341,4 +341,3 @@ def loopback_up(name: str = "lo") -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
     finally:
         s.close()
-

@@ -1,32 +1,21 @@
-"""Layers from snapshots: what changed in an active snapshot, as OCI tar entries (DESIGN §0).
-
-Overlay: only the upper directory is walked, so a layer costs O(bytes changed): overlay
-whiteouts (char 0/0, or the ``overlay.whiteout`` xattr form) become ``.wh.NAME``, opaque
-directories (``overlay.opaque=y``) become ``.wh..wh..opq``, overlay's private xattrs are
-dropped, hardlinks inside the layer stay hardlinks, sockets are skipped. Copy: the tree is
-compared with its parent (type, mode, owner, size, mtime, xattrs, link target, content when
-only the ctime tells), using the ctime/birth-time mark the copy snapshotter recorded.
-Entries are sorted; write_diff streams them through registry.layertar (one pass: tar,
-compression, digest, diff_id). Imports: stdlib, registry (layertar, store), runtime.*.
+"""Layers from snapshots (DESIGN §0): overlay reads only the upper dir, O(bytes changed)
+(whiteout devices/xattrs -> ``.wh.NAME``, ``overlay.opaque=y`` -> ``.wh..wh..opq``, overlay
+xattrs dropped, hardlinks kept, sockets skipped); copy compares the tree with its parent and
+gives the same entries. Sorted; written by registry.layertar in one pass. Imports: registry,
+runtime.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import queue
 import stat
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry import mediatypes as mt
-from registry.compression import Codec, Writable, compressor
-from registry.digest import Digest
-from registry.layertar import LayerBlob, TarEntry, opaque, sort_key, whiteout, write_tar
-from registry.model import Descriptor
+from registry.compression import Codec
+from registry.layertar import LayerBlob, TarEntry, opaque, sort_key, whiteout, write_layer
 from registry.store import DirStore
 from runtime.snapshots import CopySnapshotter, OverlaySnapshotter, Snapshotter
 from runtime.unpack import is_overlay_xattr, is_whiteout_device
@@ -118,33 +107,37 @@ def _join(rel: str, name: str) -> str:
 
 # -- overlay: the upper directory is the diff -----------------------------------------------------
 def upper_entries(upper: Path, *, ids: IdMap = _IDENTITY) -> Iterator[TarEntry]:
-    """Entries of an overlay upper directory, in sorted (depth-first) order."""
+    """Entries of an overlay upper directory, in sorted (depth-first) order. Iterative, so
+    any depth a RUN step can create is fine."""
     links: dict[tuple[int, int], str] = {}
-    root = os.fspath(upper)
+    stack: list[Iterator[tuple[str, os.DirEntry[str]]]] = [_sorted_children("", os.fspath(upper))]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        crel, e = item
+        st = e.stat(follow_symlinks=False)
+        if is_whiteout_device(st):
+            yield whiteout(crel)
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0 and _overlay_xattr(e.path, "whiteout") is not None:
+            yield whiteout(crel)
+            continue
+        entry = _entry(crel, e.path, st, ids, links)
+        if entry is None:
+            continue
+        yield entry
+        if entry.kind == "dir":
+            if _overlay_xattr(e.path, "opaque") == b"y":
+                yield opaque(crel)
+            stack.append(_sorted_children(crel, e.path))
 
-    def walk(rel: str, full: str) -> Iterator[TarEntry]:
-        with os.scandir(full) as it:
-            children = sorted(it, key=lambda e: e.name)
-        for e in children:
-            crel = _join(rel, e.name)
-            st = e.stat(follow_symlinks=False)
-            if is_whiteout_device(st):
-                yield whiteout(crel)
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_size == 0 and \
-                    _overlay_xattr(e.path, "whiteout") is not None:
-                yield whiteout(crel)
-                continue
-            entry = _entry(crel, e.path, st, ids, links)
-            if entry is None:
-                continue
-            yield entry
-            if entry.kind == "dir":
-                if _overlay_xattr(e.path, "opaque") == b"y":
-                    yield opaque(crel)
-                yield from walk(crel, e.path)
 
-    yield from walk("", root)
+def _sorted_children(rel: str, full: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    with os.scandir(full) as it:
+        children = sorted(it, key=lambda e: e.name)
+    return iter([(_join(rel, e.name), e) for e in children])
 
 
 # -- copy: compare with the parent tree --------------------------------------------------------------
@@ -329,85 +322,10 @@ def layer_entries(snapshotter: Snapshotter, key: str, *, ids: IdMap = _IDENTITY)
 
 def write_diff(store: DirStore, snapshotter: Snapshotter, key: str, *, codec: Codec = "gzip",
                clamp_mtime: int | None = None, ids: IdMap = _IDENTITY) -> LayerBlob:
-    """The layer of active snapshot ``key``: tar → codec → store in one streaming pass.
-    Deterministic: sorted entries, numeric owners, mtimes clamped to ``clamp_mtime``. The
-    bytes (so both digests) are exactly registry.layertar.write_layer's; the work is split
-    over two threads (tar building and file reads here; hashing, compression and the
-    store write in a worker)."""
-    return write_layer_pipelined(layer_entries(snapshotter, key, ids=ids), store, codec,
-                                 clamp_mtime=clamp_mtime)
-
-
-class _Pipe:
-    """A Writable that batches writes into ~1 MiB blocks and hands them to a worker thread,
-    which hashes them (the diff_id; hashlib releases the GIL) and feeds the compressor."""
-
-    BLOCK = 1 << 20
-
-    def __init__(self, sink: Writable) -> None:
-        self.sink = sink
-        self.hasher = hashlib.sha256()
-        self.size = 0
-        self._buf = bytearray()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="pybuild-layer-writer", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while True:
-            block = self._q.get()
-            if block is None:
-                return
-            if self._error is not None:
-                continue                      # drain after a failure
-            try:
-                self.hasher.update(block)
-                self.sink.write(block)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer thread
-                self._error = exc
-
-    def write(self, data: bytes) -> int:
-        if self._error is not None:
-            raise self._error
-        self._buf += data
-        self.size += len(data)
-        if len(self._buf) >= self.BLOCK:
-            self._q.put(bytes(self._buf))
-            self._buf.clear()
-        return len(data)
-
-    def close(self) -> None:
-        if self._buf:
-            self._q.put(bytes(self._buf))
-            self._buf.clear()
-        self._q.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        self._error = self._error or RuntimeError("aborted")
-        self._q.put(None)
-        self._thread.join()
-
-
-def write_layer_pipelined(entries: Iterable[TarEntry], store: DirStore, codec: Codec = "gzip", *,
-                          clamp_mtime: int | None = None) -> LayerBlob:
-    """registry.layertar.write_layer, with hashing/compression/ingest in a worker thread."""
-    with store.ingest() as blob:
-        comp = compressor(blob, codec)
-        pipe = _Pipe(comp)
-        try:
-            write_tar(entries, pipe, clamp_mtime=clamp_mtime)
-            pipe.close()
-        except BaseException:
-            pipe.abort()
-            raise
-        comp.close()
-    info = blob.descriptor_info
-    desc = Descriptor(mt.layer_type(codec), info.digest, info.size)
-    return LayerBlob(desc, Digest.from_hasher(pipe.hasher), pipe.size)
+    """The layer of active snapshot ``key``: tar → codec → store in one streaming pass
+    (registry.layertar.write_layer: the same bytes as any other pybuild layer writer).
+    Deterministic: sorted entries, numeric owners, mtimes clamped to ``clamp_mtime``."""
+    return write_layer(layer_entries(snapshotter, key, ids=ids), store, codec, clamp_mtime=clamp_mtime)
 
 
 def diff_entries_equal(a: Sequence[TarEntry], b: Sequence[TarEntry]) -> bool:

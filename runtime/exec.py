@@ -229,7 +229,7 @@ def exec_in_container(root: Path, c: Container, opts: ExecOptions) -> int:
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     master = slave = None
     if opts.tty:
-        master, slave = os.openpty()
+        master, slave = _container_pty(plan["pid"])
         _copy_winsize(master)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -292,6 +292,32 @@ def exec_in_container(root: Path, c: Container, opts: ExecOptions) -> int:
     if err:
         _raise(err)
     return code
+
+
+def _container_pty(pid: int) -> tuple[int, int]:
+    """A pty from the container's own devpts (so `tty` inside names a /dev/pts entry it has),
+    opened from the host with the path resolved inside the container's root; the slave comes
+    from the master (TIOCGPTPEER: no path an attacker could race). Falls back to a host pty."""
+    import stat
+
+    tiocsptlck, tiocgptpeer = 0x40045431, 0x5441     # not exported by Python's termios
+    root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        master = sc.openat2(root_fd, "dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return os.openpty()
+    finally:
+        os.close(root_fd)
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (5, 2):
+            raise OSError(errno.EINVAL, "not a ptmx device")
+        fcntl.ioctl(master, tiocsptlck, b"\0\0\0\0")
+        slave = int(fcntl.ioctl(master, tiocgptpeer, os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        os.close(master)
+        return os.openpty()
+    return master, slave
 
 
 def _read_error(fd: int, wait: float) -> dict[str, Any] | None:

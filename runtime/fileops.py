@@ -1,19 +1,7 @@
-"""The builder's file actions (COPY, ADD, WORKDIR) as plain JSON-serializable dicts, executed
-by ``execute(action, root)``; the sandbox runs them inside the container's mount (and user)
-namespace so ownership is right rootless too. Every destination is resolved inside ``root``
-(image symlinks resolved relative to the root: COPY into /usr/local/bin works when
-/usr/local is a symlink), sources inside ``source_root`` when one is given; nothing is ever
-written through a symlink, existing files are replaced, never written into.
-
-Actions::
-
-  {"op": "copy", "sources": [...], "dest": "/app/", "workdir": "/", "source_root": "/ctx"|None,
-   "owner": [uid, gid]|None, "preserve_owner": false, "mode": 0o755|None, "mtime": int|None,
-   "skip": [paths not to copy]}
-  {"op": "mkdir", "path": "/work", "workdir": "/", "owner": [uid, gid]|None, "mode": 0o755}
-  {"op": "extract", "archive": "/host/x.tar.gz", "dest": "/opt/", "workdir": "/",
-   "owner": [uid, gid]|None}
-
+"""The builder's file actions (COPY, ADD, WORKDIR) as plain JSON-serializable dicts run by
+``execute(action, root)``, inside the container's mount (and user) namespace, so ownership is
+right rootless too. Destinations resolve inside ``root`` (image symlinks relative to the root),
+sources inside ``source_root`` when given; files are replaced, never written through.
 Imports: stdlib, registry.compression, runtime.pathsafe/unpack/errors.
 """
 
@@ -75,6 +63,11 @@ def mkdir_action(path: str, *, workdir: str = "/", owner: tuple[int, int] | None
             "mode": mode}
 
 
+def export_action(src: str, dest: str) -> dict[str, Any]:
+    """RUN --mount from=STAGE: copy ``src`` of the rootfs into host directory ``dest``."""
+    return {"op": "export", "src": src, "dest": dest}
+
+
 def extract_action(archive: str, dest: str, *, workdir: str = "/",
                    owner: tuple[int, int] | None = None) -> dict[str, Any]:
     return {"op": "extract", "archive": archive, "dest": dest, "workdir": workdir,
@@ -83,6 +76,16 @@ def extract_action(archive: str, dest: str, *, workdir: str = "/",
 
 def execute(action: Action, root: str | os.PathLike[str]) -> dict[str, Any]:
     """Run one file action against the rootfs at ``root``; returns counts and warnings.
+
+    Actions (build them with copy_action / mkdir_action / extract_action)::
+
+      {"op": "copy", "sources": [...], "dest": "/app/", "workdir": "/", "source_root": "/ctx"|None,
+       "owner": [uid, gid]|None, "preserve_owner": false, "mode": 0o755|None, "mtime": int|None,
+       "skip": [source paths not to copy]}
+      {"op": "mkdir", "path": "/work", "workdir": "/", "owner": [uid, gid]|None, "mode": 0o755}
+      {"op": "extract", "archive": "/host/x.tar.gz", "dest": "/opt/", "workdir": "/",
+       "owner": [uid, gid]|None}
+      {"op": "export", "src": "/path/in/rootfs", "dest": "/existing/host/dir"}
 
     Raises FileActionError (bad request), UnsafePath/LayerError (hostile input) or OSError.
     """
@@ -96,6 +99,8 @@ def execute(action: Action, root: str | os.PathLike[str]) -> dict[str, Any]:
             ctx.mkdir()
         elif op == "extract":
             ctx.extract()
+        elif op == "export":
+            ctx.export()
         else:
             raise FileActionError(f"file action: unknown op {op!r}")
         return ctx.result.to_dict()
@@ -176,6 +181,7 @@ class _Ctx:
         self.owner: tuple[int, int] | None = (int(owner[0]), int(owner[1])) if owner else None
         self.workdir = str(action.get("workdir") or "/")
         self.src_root_fd: int | None = None
+        self.dest_root_fd = root_fd          # where hardlink partners are looked up
         self.skip: set[str] = set()
         self.links: dict[tuple[int, int], str] = {}
 
@@ -242,6 +248,32 @@ class _Ctx:
         self.result.hardlinks += stats.hardlinks
         self.result.bytes += stats.bytes
         self.result.warnings.extend(stats.warnings)
+
+    # -- RUN --mount from=STAGE: a path of the rootfs copied out to a host directory
+    def export(self) -> None:
+        """Copy ``src`` (resolved inside the root) into the existing host directory ``dest``:
+        a directory's contents, or a file as dest/<name>. Owners, modes and mtimes are kept;
+        symlinks are copied, never followed; device nodes are skipped."""
+        src = str(self.a["src"])
+        dest = str(self.a["dest"])
+        self.src_root_fd = self.root_fd
+        dest_fd = os.open(dest, _DIR_RO | os.O_NOFOLLOW)
+        self.dest_root_fd = dest_fd
+        try:
+            fd, st, name = self._open_source(src)
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    self._copy_tree(fd, dest_fd, posixpath.normpath(src), "")
+                elif stat.S_ISREG(st.st_mode):
+                    self._copy_file(fd, st, dest_fd, name, "")
+                else:
+                    raise FileActionError(f"export: {src!r} is not a regular file or directory")
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dest_fd)
+            self.src_root_fd = None
+            self.dest_root_fd = self.root_fd
 
     # -- COPY / ADD <files>
     def copy(self) -> None:
@@ -329,7 +361,7 @@ class _Ctx:
     def _ids(self, st: os.stat_result) -> tuple[int, int]:
         if self.owner is not None:
             return self.owner
-        if self.a.get("preserve_owner"):
+        if self.a.get("preserve_owner") or self.a.get("op") == "export":
             return st.st_uid, st.st_gid
         return 0, 0
 
@@ -369,7 +401,7 @@ class _Ctx:
         if st.st_nlink > 1 and ident in self.links:
             first = self.links[ident]
             head, _, fname = first.rpartition("/")
-            lfd = pathsafe.open_dir(self.root_fd, head)
+            lfd = pathsafe.open_dir(self.dest_root_fd, head)
             try:
                 os.link(fname, name, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
             finally:

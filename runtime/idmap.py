@@ -132,20 +132,6 @@ def rootless_mapping(*, subuid: Path = Path("/etc/subuid"), subgid: Path = Path(
     return IdMapping(tuple(uids), tuple(gids))
 
 
-def auto_mapping(size: int = 65536, *, subuid: Path = Path("/etc/subuid"),
-                 subgid: Path = Path("/etc/subgid")) -> IdMapping:
-    """``--userns=auto`` as root: the first range of /etc/subuid for "containers" (podman's
-    user for automatic namespaces) or root, ``size`` ids starting at container id 0."""
-    for user in ("containers", "root"):
-        su = [r for r in subid_ranges(user, -1 if user == "containers" else 0, subuid) if r[1] >= size]
-        sg = [r for r in subid_ranges(user, -1 if user == "containers" else 0, subgid) if r[1] >= size]
-        if su and sg:
-            return IdMapping((IdRange(0, su[0][0], size),), (IdRange(0, sg[0][0], size),))
-    raise UnsupportedHost("--userns=auto: no subordinate id range of at least "
-                          f"{size} ids for 'containers' or 'root' in {subuid} / {subgid}",
-                          hint="add e.g. `containers:2147483647:2147483648` to /etc/subuid and /etc/subgid")
-
-
 def write_maps(pid: int, mapping: IdMapping) -> None:
     """Write ``mapping`` for the user namespace of ``pid``. Root writes /proc/PID/{uid,gid}_map;
     a user writes a single-id map itself and anything larger through newuidmap/newgidmap."""

@@ -28,6 +28,7 @@ from runtime.containers import (
     Container,
     ContainerState,
     ContainerStore,
+    is_alive,
     parse_rfc3339,
     process_start_time,
     rfc3339_nano,
@@ -295,12 +296,26 @@ class Monitor:
 
     def _on_term(self, signum: int, frame: object) -> None:
         del frame
+        # no state write here: the handler may interrupt one that holds the state lock; the
+        # main loop sees the flag (no restart) and records the exit as usual
+        del signum
         self.stop_signal_received = True
         st = self.c.raw_state()
-        self.c.update_state(stop_requested=True)
         if st.pid:
+            # a stop, as `pybuild stop` does it: the stop signal now, SIGKILL after the timeout
+            from runtime.lifecycle import parse_signal
+
+            with contextlib.suppress(ProcessLookupError, SandboxError):
+                os.kill(st.pid, parse_signal(self.c.record.stop_signal or "SIGTERM"))
+            signal.signal(signal.SIGALRM, self._on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, max(self.c.record.stop_timeout, 0) + 0.01)
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        del signum, frame
+        st = self.c.raw_state()
+        if st.pid and is_alive(st.pid, st.pid_start):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(st.pid, signum if signum != signal.SIGINT else signal.SIGTERM)
+                os.kill(st.pid, signal.SIGKILL)
 
     def _prestart(self, pid: int) -> None:
         """Between namespace creation and exec: plug the container into its network."""

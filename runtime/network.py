@@ -326,9 +326,15 @@ class NftFirewall:
                     f"table ip {t} {{\n  chain postrouting {{\n"
                     f"    type nat hook postrouting priority srcnat; policy accept;\n    {body}\n  }}\n}}\n",
                     f"nft: add rules for network {net.name}")
+        # an accept in our own table cannot undo a drop in another one: on hosts whose iptables
+        # FORWARD policy is DROP (docker installed), the bridge's traffic is accepted there too
+        if _iptables_forward_drops():
+            IptablesFirewall().accept_forward(net)
 
     def remove_network(self, net: Network) -> None:
         _run(["nft", "delete", "table", "ip", f"pybuild_n_{net.short_id}"], check=False)
+        if shutil.which("iptables"):
+            IptablesFirewall().remove_forward(net)
 
     def add_ports(self, net: Network, ep: Endpoint) -> None:
         if not ep.ports:
@@ -381,6 +387,19 @@ class IptablesFirewall:
                 if len(args) > 2 and args[0] == "-A" and tag in args:
                     self._ipt("-t", table, "-D", *args[1:], check=False)
 
+    def accept_forward(self, net: Network) -> None:
+        tag = ["-m", "comment", "--comment", f"pybuild:n:{net.short_id}"]
+        self._append_once("filter", "FORWARD", ["-i", net.bridge, *tag, "-j", "ACCEPT"], insert=True)
+        self._append_once("filter", "FORWARD", ["-o", net.bridge, *tag, "-j", "ACCEPT"], insert=True)
+
+    def remove_forward(self, net: Network) -> None:
+        tag = f"pybuild:n:{net.short_id}"
+        listing = self._ipt("-t", "filter", "-S", "FORWARD", check=False).stdout
+        for line in listing.splitlines():
+            args = shlex.split(line)
+            if len(args) > 2 and args[0] == "-A" and tag in args:
+                self._ipt("-t", "filter", "-D", *args[1:], check=False)
+
     def add_network(self, net: Network) -> None:
         tag = ["-m", "comment", "--comment", f"pybuild:n:{net.short_id}"]
         self._append_once("nat", "POSTROUTING",
@@ -424,6 +443,13 @@ class IptablesFirewall:
             listing = self._ipt("-t", table, "-S", check=False).stdout
             out += [f"{table}: {line}" for line in listing.splitlines() if "pybuild" in line.lower()]
         return out
+
+
+def _iptables_forward_drops() -> bool:
+    if not shutil.which("iptables"):
+        return False
+    listing = _run(["iptables", "-w", "5", "-t", "filter", "-S", "FORWARD"], check=False).stdout
+    return listing.startswith("-P FORWARD DROP")
 
 
 def firewall_backend(name: str | None = None) -> Firewall:
@@ -530,6 +556,10 @@ class NetworkStore:
             raise NetworkError(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] allowed")
         if name in PREDEFINED:
             raise NetworkError(f"network name {name!r} is reserved for the predefined network")
+        if os.geteuid() != 0:
+            raise NetworkError("network create: bridge networks need root",
+                               hint="rootless containers use slirp4netns (the default network), "
+                                    "or --network host|none")
         if bridge is not None and (len(bridge) > IFNAME_MAX or not re.fullmatch(r"[a-zA-Z0-9_.-]+", bridge)):
             raise NetworkError(f"invalid bridge name {bridge!r}: at most {IFNAME_MAX} of [a-zA-Z0-9_.-]")
         with _host_lock():

@@ -314,6 +314,36 @@ def do_mount(root: Root, m: dict[str, Any], *, nodev: bool) -> None:
     root.mounted.append(dest)
 
 
+def mount_cgroups(root: Root, m: dict[str, Any], paths: dict[str, str]) -> None:
+    """/sys/fs/cgroup showing the container's own cgroup as the root, read-only.
+    v2: a cgroup namespace rooted at the container's cgroup (PID 1 is already in it) and a
+    cgroup2 mount. v1: a tmpfs with each joined controller's directory bind-mounted (docker's
+    layout without a cgroup namespace). No cgroup (rootless on v1): nothing is mounted."""
+    if not paths:
+        return
+    flags, _, _ = sc.parse_mount_options(list(m.get("options") or ()))
+    ro = flags & sc.MS_RDONLY
+    dest = m["destination"]
+    if "" in paths:
+        sc.unshare(sc.CLONE_NEWCGROUP)
+        do_mount(root, {"destination": dest, "type": "cgroup2", "source": "cgroup2",
+                        "options": list(m.get("options") or ())}, nodev=False)
+        return
+    do_mount(root, {"destination": dest, "type": "tmpfs", "source": "cgroup",
+                    "options": ["nosuid", "nodev", "noexec", "mode=755"]}, nodev=False)
+    for ctl, host in sorted(paths.items()):
+        bind_opts = ["bind", "nosuid", "nodev", "noexec"] + (["ro"] if ro else [])
+        do_mount(root, {"destination": f"{dest}/{ctl}", "type": "bind", "source": host,
+                        "options": bind_opts}, nodev=False)
+    if ro:
+        fd = root.open(dest)
+        try:
+            p = _fdpath(fd)
+            sc.mount(None, p, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.locked_flags(p))
+        finally:
+            os.close(fd)
+
+
 def setup_dev(root: Root, *, mode: str, userns: bool) -> None:
     """The minimal /dev: default device nodes (mknod, or bind mounts of the host's when in a
     user namespace or when /dev must be nodev), symlinks, and /dev/ptmx."""
@@ -624,6 +654,9 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
         have_dev = False
         for m in spec.get("mounts") or ():
             stage = f"mount {m['destination']}"
+            if m.get("type") == "cgroup":
+                mount_cgroups(root, m, cfg.get("cgroup_paths") or {})
+                continue
             do_mount(root, m, nodev=nodev and m["destination"] != "/dev")
             if m["destination"] == "/dev":
                 setup_dev(root, mode=dev_mode, userns=userns)
@@ -677,10 +710,8 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
         cwd = proc.get("cwd") or "/"
         stage = "working directory"
         if not os.path.isdir(cwd):
+            # docker creates a missing working directory (owned by root) and keeps it
             os.makedirs(cwd, 0o755, exist_ok=True)
-            root_stub = cwd
-            if root_stub not in root.stubs:
-                root.stubs.append(root_stub)
         for rl in proc.get("rlimits") or ():
             stage = f"rlimit {rl['type']}"
             resource.setrlimit(getattr(resource, rl["type"]), (int(rl["soft"]), int(rl["hard"])))
@@ -713,15 +744,24 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
         for cap in range(last + 1):
             if not keep & (1 << cap):
                 sc.capbset_drop(cap)
+        stage = "working directory"
+        os.chdir(cwd)          # as root, like runc: a USER may not be able to search the path
         stage = "user"
         try:
             os.setgroups(extra)
         except OSError:
             if extra and not userns:
                 raise
-        os.setresgid(gid, gid, gid)
-        sc.prctl(sc.PR_SET_KEEPCAPS, 1)
-        os.setresuid(uid, uid, uid)
+        try:
+            os.setresgid(gid, gid, gid)
+            sc.prctl(sc.PR_SET_KEEPCAPS, 1)
+            os.setresuid(uid, uid, uid)
+        except OSError as exc:
+            if userns and exc.errno == 22:
+                raise Failure("user", f"uid {uid} / gid {gid} is not mapped in the container's user "
+                              "namespace (give the user a range in /etc/subuid and /etc/subgid)",
+                              22) from None
+            raise
         sc.prctl(sc.PR_SET_KEEPCAPS, 0)
         stage = "capabilities"
         eff = sc.caps_mask(caps.get("effective") or ()) & keep
@@ -732,8 +772,6 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
         if proc.get("noNewPrivileges"):
             stage = "no_new_privs"
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-        stage = "working directory"
-        os.chdir(cwd)
         if slave >= 0:
             stage = "console"
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)

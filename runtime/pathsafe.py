@@ -1,11 +1,7 @@
-"""Resolve paths *inside* a root directory: nothing a layer, a context or an image names can
-make pybuild read or write outside that root (DESIGN C12).
-
-Symlinks met on the way are resolved relative to the root (an absolute target means the root,
-``..`` stops at the root), like chroot(2) would, but without chroot. The kernel does it with
-openat2(RESOLVE_IN_ROOT) when available; otherwise a component-by-component walk with
-O_NOFOLLOW and directory fds does the same. Callers then act on (parent_fd, name) with *at()
-calls that never follow the final component. Imports: stdlib and runtime._syscalls only.
+"""Resolve paths *inside* a root: symlinks resolved relative to the root, '..' stops there
+(chroot semantics without chroot), via openat2(RESOLVE_IN_ROOT) or a component-by-component
+walk with O_NOFOLLOW dir fds where openat2 is missing. Callers act on (parent_fd, name) with
+*at() calls that never follow the final component. Imports: stdlib, runtime._syscalls/errors.
 """
 
 from __future__ import annotations
@@ -276,7 +272,7 @@ def read_file(root: str | os.PathLike[str] | int, relpath: str, *, limit: int = 
 
 def remove_tree_at(dir_fd: int, name: str) -> None:
     """Remove ``name`` (file, symlink or whole directory tree) under ``dir_fd`` without ever
-    following a symlink. Missing is fine."""
+    following a symlink. Missing is fine. Iterative: a hostile layer may nest very deep."""
     try:
         os.unlink(name, dir_fd=dir_fd)
         return
@@ -302,17 +298,41 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
 
 def clear_dir(fd: int, keep: frozenset[str] | set[str] = frozenset()) -> None:
     """Remove every entry of the open directory ``fd`` except the names in ``keep``."""
-    with os.scandir(fd) as it:
-        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-    for child, is_dir in names:
-        if child in keep:
-            continue
-        if is_dir:
-            remove_tree_at(fd, child)
-        else:
+    # stack of (dir fd, names still to remove there, the child dir being emptied or None)
+    stack: list[tuple[int, list[str]]] = [(os.dup(fd), _names(fd, keep))]
+    try:
+        while stack:
+            dfd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(dfd)
+                if stack:
+                    parent_fd, parent_names = stack[-1]
+                    with_name = parent_names.pop()
+                    try:
+                        os.rmdir(with_name, dir_fd=parent_fd)
+                    except FileNotFoundError:
+                        pass
+                continue
+            child = names[-1]
             try:
-                os.unlink(child, dir_fd=fd)
+                os.unlink(child, dir_fd=dfd)
+                names.pop()
+                continue
             except FileNotFoundError:
-                pass
-            except IsADirectoryError:
-                remove_tree_at(fd, child)
+                names.pop()
+                continue
+            except (IsADirectoryError, PermissionError):
+                st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise
+            sub = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            stack.append((sub, _names(sub, frozenset())))
+    finally:
+        for dfd, _ in stack:
+            os.close(dfd)
+
+
+def _names(fd: int, keep: frozenset[str] | set[str]) -> list[str]:
+    with os.scandir(fd) as it:
+        return [e.name for e in it if e.name not in keep]

@@ -1,11 +1,7 @@
 """Image → snapshot chain → container rootfs (DESIGN §2.4): each layer is unpacked once, ever,
-into a committed snapshot named by its ChainID; containers and build steps stack on those.
-
-Unpacking is verified while it streams: the store's reader checks the compressed blob's
-digest and this module hashes the uncompressed tar against the config's diff_id; on any
-mismatch the partial snapshot is removed before the error is raised. A per-ChainID lock makes
-concurrent callers (threads or processes) wait for one unpack instead of repeating it.
-Imports: registry (store, model, compression), runtime.snapshots/unpack/errors.
+into a committed snapshot named by its ChainID (a per-ChainID lock serialises concurrent
+callers). Unpacking verifies the blob digest and the diff_id while streaming; on a mismatch
+the partial snapshot is removed first. Imports: registry (store, model, compression), runtime.
 """
 
 from __future__ import annotations

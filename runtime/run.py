@@ -149,29 +149,30 @@ def write_etc_files(c: Container, hostname: str, *, network: str) -> None:
 
 
 def userns_mapping(mode: str) -> Any:
-    """The IdMapping for ``--userns`` (None = share the host's user namespace)."""
+    """The IdMapping for ``--userns`` (None = share the host's user namespace).
+
+    Rootless: always a user namespace (container root = the user, plus the /etc/subuid range).
+    Root: ``host`` (the default). ``auto`` as root is refused: the image's layers are unpacked
+    with real root ownership, so inside a remapped namespace they would belong to nobody and
+    the container could not write its own rootfs; that needs idmapped lower layers (or a
+    per-mapping chowned snapshot chain), which pybuild does not do yet."""
     rootless = os.geteuid() != 0
-    kind, _, arg = mode.partition(":")
-    if kind in ("", "host") and not rootless:
+    kind, _, _arg = mode.partition(":")
+    if kind not in ("", "host", "auto", "private"):
+        raise specmod.SpecError(f"invalid --userns {mode!r}: want host or auto")
+    if not rootless:
+        if kind == "auto":
+            raise UnsupportedHost("--userns=auto as root is not supported yet: the image layers are "
+                                  "owned by the host's root and would be unwritable in a remapped "
+                                  "user namespace (idmapped layers are not implemented)",
+                                  hint="run pybuild as an unprivileged user for a user-namespaced "
+                                       "container, or use --userns=host")
         return None
+    if kind == "host":
+        raise UnsupportedHost("--userns=host: a rootless container always has a user namespace")
     from runtime import idmap
 
-    if kind in ("", "private") and rootless:
-        return idmap.rootless_mapping()
-    if kind in ("", "host"):
-        if rootless:
-            raise UnsupportedHost("--userns=host: a rootless container always has a user namespace")
-        return None
-    if kind == "auto":
-        if rootless:
-            return idmap.rootless_mapping()
-        size = 65536
-        for item in arg.split(","):
-            k, _, v = item.partition("=")
-            if k == "size" and v.isdigit():
-                size = int(v)
-        return idmap.auto_mapping(size)
-    raise specmod.SpecError(f"invalid --userns {mode!r}: want host or auto[:size=N]")
+    return idmap.rootless_mapping()
 
 
 def mount_entries(store_root: Path, mounts: Sequence[MountSpec]) -> list[dict[str, Any]]:

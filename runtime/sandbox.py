@@ -330,7 +330,8 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
                 child_sock.close()
         cfg = {"mode": "run", "spec": spec, "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
                "parent_pid": os.getpid(), "detach": detach, "device_mode": dmode,
-               "console": console, "cgroup_dirs": list(cg.paths().values()) if cg is not None else []}
+               "console": console, "cgroup_dirs": list(cg.paths().values()) if cg is not None else [],
+               "cgroup_paths": cg.paths() if cg is not None else {}}
         _send_frame(ctl_w, cfg)
         first = lines.read()
         if first is None or first.get("type") != "pid":

@@ -1,13 +1,8 @@
-"""Snapshots: the root filesystems containers and build steps run on (DESIGN §2.5, C4).
-
-A snapshot is a directory ``$PYBUILD_ROOT/snapshots/<id>/fs`` plus ``meta.json`` (key, kind,
-parent, created). Kinds: *active* (writable), *view* (read-only), *committed* (immutable, a
-parent for others; image layers are committed under their ChainID). ``keys/<sha256(key)>`` is
-a symlink to the id, so lookups are O(1) and creation is atomic; mutations hold
-``snapshots/lock`` (flock). OverlaySnapshotter stacks committed dirs as overlay lowers (an
-active one adds upper + work); CopySnapshotter copies the parent (the fallback without
-overlayfs). Nothing here mounts on the host: ``mount_all`` is for the sandbox's own mount
-namespace. Imports: stdlib, registry.store (atomic_write, flocked), runtime.*.
+"""Snapshots (DESIGN §2.5, C4): ``snapshots/<id>/{fs,work,meta.json}`` (kinds active, view,
+committed; image layers committed by ChainID), ``keys/<sha256(key)>`` -> id symlinks, mutations
+under ``snapshots/lock`` (flock). OverlaySnapshotter stacks committed dirs as overlay lowers;
+CopySnapshotter copies the parent (no overlayfs). ``mount_all`` is only for the sandbox's own
+mount namespace: nothing here mounts on the host. Imports: stdlib, registry.store, runtime.
 """
 
 from __future__ import annotations
@@ -334,6 +329,30 @@ class _Base:
     def mounts(self, key: str) -> list[Mount]:
         raise NotImplementedError
 
+    def cleanup(self, *, min_age: float = 3600.0) -> list[str]:
+        """Remove what killed processes left behind, older than ``min_age`` seconds: half-made
+        (``.new-*``) and half-removed (``.trash-*``) directories, and snapshot directories no
+        key points to. Returns the names removed. Safe while others work (age + lock)."""
+        removed: list[str] = []
+        now = time.time()
+        with self._lock():
+            for entry in os.scandir(self.root):
+                name = entry.name
+                try:
+                    age = now - entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < min_age or not entry.is_dir(follow_symlinks=False):
+                    continue
+                orphan = False
+                if name.isdigit():
+                    info = self._read_meta(int(name))
+                    orphan = info is None or self._id_of(info.key) != info.id
+                if name.startswith((".new-", ".trash-")) or orphan:
+                    _rmtree(Path(entry.path))
+                    removed.append(name)
+        return removed
+
 
 class OverlaySnapshotter(_Base):
     """Committed snapshots are plain directories used as overlay lowers; an active snapshot
@@ -452,6 +471,18 @@ def default_snapshotter(root: str | os.PathLike[str]) -> Snapshotter:
         found = marker.read_text().strip()
         return CopySnapshotter(root) if found == "copy" else OverlaySnapshotter(root)
     return OverlaySnapshotter(root) if overlay_supported() else CopySnapshotter(root)
+
+
+def open_snapshotter(root: str | os.PathLike[str], driver: str | None = None) -> Snapshotter:
+    """The snapshotter for ``root`` (a ``snapshots/`` directory): ``driver`` 'overlay' or
+    'copy', else whatever the directory already holds, else the best this host supports."""
+    if driver == "copy":
+        return CopySnapshotter(root)
+    if driver == "overlay":
+        return OverlaySnapshotter(root)
+    if driver:
+        raise SnapshotError(f"unknown snapshotter {driver!r}", hint="use 'overlay' or 'copy'")
+    return default_snapshotter(root)
 
 
 def overlay_supported() -> bool:

@@ -304,6 +304,9 @@ def default_mounts(*, rootless: bool, network_host: bool, privileged: bool,
     else:
         mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                        "options": ["nosuid", "noexec", "nodev", *sys_ro]})
+    # the container's own cgroup, read-only (runtimes such as the JVM read their limits here)
+    mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                   "options": ["nosuid", "noexec", "nodev", "relatime", *sys_ro]})
     return mounts
 
 

@@ -1,13 +1,9 @@
 """Apply a layer tar to a directory, safely (DESIGN C12): pybuild's own tar extraction.
 
-Three modes share one engine: ``apply_layer`` (OCI whiteouts delete what lower layers put in
-the target: the copy snapshotter, flattening), ``unpack_overlay_layer`` (one layer into an
-empty directory that becomes an overlay lower: whiteouts become overlay whiteouts, opaque
-markers become the ``overlay.opaque`` xattr) and ``extract_tar`` (ADD: no whiteout meaning).
-Every name is resolved inside the root (runtime.pathsafe), nothing is ever written through a
-symlink, existing files are replaced (unlink + create), never opened for writing. Hostile
-entries raise LayerError naming the entry. tarfile is used only to parse headers.
-Imports: stdlib, runtime.pathsafe/_syscalls/errors.
+Modes: ``apply_layer`` (whiteouts delete from the target), ``unpack_overlay_layer`` (one layer
+into an overlay lower: overlay whiteouts / opaque xattrs), ``extract_tar`` (ADD). Every name is
+resolved inside the root, nothing is written through a symlink, existing files are replaced,
+never written into; hostile entries raise LayerError naming the entry. Imports: stdlib, runtime.
 """
 
 from __future__ import annotations
@@ -36,6 +32,8 @@ OPAQUE_MARKER = ".wh..wh..opq"
 CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 << 20      # a pax/GNU long-name header larger than this is hostile
 MAX_WARNINGS = 200
+MAX_DEPTH = 512                  # deeper trees break recursive tools (and ours) for no real use
+MAX_PATH = 4096                  # PATH_MAX: nothing could open a longer path inside a container
 _DIR_CACHE = 256
 
 Mode = Literal["apply", "overlay", "extract"]
@@ -292,7 +290,7 @@ def _mtime_ns(info: tarfile.TarInfo) -> int:
     if raw is not None:
         try:
             return int(Decimal(raw) * 1_000_000_000)
-        except (InvalidOperation, ValueError):
+        except (InvalidOperation, ValueError, OverflowError):
             pass
     return int(info.mtime) * 1_000_000_000
 
@@ -338,6 +336,9 @@ class _Unpacker:
         self.owner = owner
         self.lowers = list(lowers)
         self.euid, self.egid = os.geteuid(), os.getegid()
+        # Unprivileged and outside a user namespace: the image's root is us (the ids a
+        # later user namespace maps to 0), so 0:0 entries need no chown at all.
+        self.root_is_me = rootless and self.euid != 0 and not in_user_namespace()
         self.umask = _umask()
         self.c = _Counters()
         self._dirs: OrderedDict[str, tuple[int, int]] = OrderedDict()   # path -> (fd, st_mode)
@@ -461,9 +462,11 @@ class _Unpacker:
 
     # -- ownership, modes, xattrs, times
     def _ids(self, info: tarfile.TarInfo) -> tuple[int, int]:
-        if self.owner is not None:
-            return self.owner
-        return int(info.uid), int(info.gid)
+        uid, gid = self.owner if self.owner is not None else (int(info.uid), int(info.gid))
+        if self.root_is_me:
+            uid = self.euid if uid == 0 else uid
+            gid = self.egid if gid == 0 else gid
+        return uid, gid
 
     def _chown(self, target: int | str, uid: int, gid: int, *, dir_fd: int | None = None,
                parent_setgid: bool = False, force: bool = False) -> bool:
@@ -564,7 +567,8 @@ class _Unpacker:
             if not stat.S_ISDIR(st.st_mode):
                 # overlay mode: a directory replacing this layer's own whiteout hides the
                 # lower directory entirely (what overlayfs itself does on mkdir over a whiteout)
-                made_opaque = self.mode == "overlay" and self._is_whiteout(pfd, name, st)
+                made_opaque = (self.mode == "overlay" and bool(self.lowers)
+                               and self._is_whiteout(pfd, name, st))
                 self._replace(pfd, name, path)
                 pfd, _, name = self._parent(path)
                 os.mkdir(name, 0o700, dir_fd=pfd)
@@ -763,6 +767,13 @@ class _Unpacker:
             finally:
                 os.close(dfd)
             return
+        if not self.lowers:
+            # The bottom layer: nothing below to hide, and a bind-mounted view of it must not
+            # show whiteout devices. Still refuse a marker reached through a symlink.
+            dfd = self._whiteout_dir(head, create=False)
+            if dfd is not None:
+                os.close(dfd)
+            return
         # overlay: record the deletion as an overlay whiteout in this layer's directory
         dfd = self._whiteout_dir(head, create=True)
         assert dfd is not None
@@ -807,28 +818,39 @@ class _Unpacker:
                 os.close(dfd)
             self._invalidate()
             return
-        dfd = self._whiteout_dir(head, create=True)
-        assert dfd is not None
+        dfd = self._whiteout_dir(head, create=bool(self.lowers))
+        if dfd is None:
+            return
+        if not self.lowers:
+            os.close(dfd)               # bottom layer: nothing to hide
+            return
         try:
             os.setxattr(dfd, f"{self.xattr_ns}.overlay.opaque", b"y")
         finally:
             os.close(dfd)
 
-    def _clear_unwritten(self, dfd: int, head: str) -> None:
+    def _clear_unwritten(self, top_fd: int, top: str) -> None:
         """Opaque directory, apply mode: remove what lower layers put here, keeping what this
-        layer already wrote (recursively: a kept directory loses its lower content too)."""
-        with os.scandir(dfd) as it:
-            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for name, is_dir in children:
-            child = f"{head}/{name}" if head else name
-            if child not in self._written:
-                pathsafe.remove_tree_at(dfd, name)
-            elif is_dir:
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        layer already wrote (a kept directory loses its lower content too). Iterative."""
+        todo: list[tuple[int, str]] = [(os.dup(top_fd), top)]
+        try:
+            while todo:
+                dfd, head = todo.pop()
                 try:
-                    self._clear_unwritten(sub, child)
+                    with os.scandir(dfd) as it:
+                        children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                    for name, is_dir in children:
+                        child = f"{head}/{name}" if head else name
+                        if child not in self._written:
+                            pathsafe.remove_tree_at(dfd, name)
+                        elif is_dir:
+                            todo.append((os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                                 | os.O_CLOEXEC, dir_fd=dfd), child))
                 finally:
-                    os.close(sub)
+                    os.close(dfd)
+        finally:
+            for fd, _ in todo:
+                os.close(fd)
 
     def _mark_opaque(self, pfd: int, name: str, value: bytes) -> None:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
@@ -865,10 +887,14 @@ class _Unpacker:
                 raise self.fail(exc.why) from None
             except OSError as exc:
                 raise self.fail(exc.strerror or str(exc)) from exc
+            except (OverflowError, ValueError) as exc:     # absurd numbers in a header
+                raise self.fail(f"invalid header value ({exc})") from exc
         self._finish_dirs()
 
     def _dispatch(self, info: tarfile.TarInfo, reader: TarReader) -> None:
         path = pathsafe.clean_name(info.name, what="name")
+        if path.count("/") >= MAX_DEPTH or len(path) > MAX_PATH:
+            raise self.fail(f"path deeper than {MAX_DEPTH} levels or longer than {MAX_PATH} bytes")
         if self.mode != "extract":
             head, _, base = path.rpartition("/")
             if head and any(p.startswith(WHITEOUT_PREFIX) for p in head.split("/")):

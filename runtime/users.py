@@ -1,11 +1,7 @@
-"""Users and groups of an image: /etc/passwd and /etc/group read *inside* a root (symlinks
-resolved in the root, size-capped, only regular files), and docker's rules for turning a
-USER / ``-u`` / ``--chown`` spec into numeric ids. Imports: stdlib, runtime.pathsafe/errors.
-
-``resolve_user`` follows runc's GetExecUser (docker run -u, USER): ``user``, ``uid``,
-``user:group``, ``uid:gid``, ``user:gid``, ``uid:group``; a numeric uid need not exist (its
-gid is then 0); supplementary groups come from /etc/group only when no group is given.
-``resolve_chown`` follows COPY/ADD --chown: a missing group means gid = uid.
+"""Users and groups of an image: /etc/passwd and /etc/group read inside a root (symlinks
+resolved in the root, size-capped, regular files only), and docker's rules for USER / ``-u``
+(runc's GetExecUser) and for COPY ``--chown`` (a missing group means gid = uid).
+Imports: stdlib, runtime.pathsafe/errors.
 """
 
 from __future__ import annotations

@@ -66,4 +66,31 @@ fi
 run "$PYBUILD" system df
 
 # --- later issues: build, run, push and pull go here -----------------------------------------
+step "7. build an example (Dockerfile.examples/single-stage) and run it"
+rm -rf "$WORK/app" && cp -a Dockerfile.examples/single-stage "$WORK/app"
+run "$PYBUILD" build --progress plain -t demo/app:1.0 "$WORK/app"
+run "$PYBUILD" run --rm demo/app:1.0
+
+step "8. rebuild: every step is a cache hit; then change one file: its COPY and what follows re-run"
+run "$PYBUILD" build --progress plain -t demo/app:1.0 "$WORK/app"
+echo "delta" >> "$WORK/app/data/words.txt"
+run "$PYBUILD" build --progress plain -t demo/app:1.0 "$WORK/app"
+run "$PYBUILD" builds show --last
+run "$PYBUILD" run --rm demo/app:1.0
+
+step "9. push it to a local registry and pull it back into a fresh store"
+REG="${REG:-127.0.0.1:5000}"
+if ! curl -fsS -o /dev/null "http://$REG/v2/"; then
+  mkdir -p .state/demo/registry
+  REGISTRY_HTTP_ADDR="$REG" REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$PWD/.state/demo/registry" \
+    nohup docker-registry serve testdata/registry.yml >.state/demo/registry.log 2>&1 &
+  echo $! > .state/demo/registry.pid
+  for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" && break; sleep 0.1; done
+fi
+run "$PYBUILD" tag demo/app:1.0 "$REG/demo/app:1.0"
+run "$PYBUILD" push "$REG/demo/app:1.0"
+rm -rf "$WORK/pulled"
+run "$PYBUILD" --root "$WORK/pulled" pull "$REG/demo/app:1.0"
+run "$PYBUILD" --root "$WORK/pulled" run --rm "$REG/demo/app:1.0"
+
 step "done"

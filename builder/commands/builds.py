@@ -116,7 +116,7 @@ def show(g: Globals, build_id: str | None, last: bool, fmt: str) -> int:
         key = s.key[7:19] if s.key else "-"
         layer = f"{s.layer[7:19]} {_size(s.layer_size)}" if s.layer else "-"
         stage = f"{s.stage} " if s.stage else ""
-        click.echo(f"#{s.index:<3} {s.status:<7} {s.duration:7.2f}s  key {key}  layer {layer:<20} "
+        click.echo(f"#{s.index:<3} {s.status:<7} {s.duration:6.2f}s  key {key:<12}  layer {layer:<20} "
                    f"[{stage}{s.stage_step}] {s.instruction}")
         for reason in s.reasons:
             click.echo(f"       why: {reason}")

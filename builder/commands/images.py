@@ -191,20 +191,27 @@ def images(g: Globals, reference: str | None, all_: bool, quiet: bool, digests: 
 @click.command("inspect")
 @click.argument("names", nargs=-1, required=True)
 @click.option("-f", "--format", "fmt", help="'json' (default) or a Go-template subset ({{.Id}}).")
-@click.option("--type", "type_", type=click.Choice(["image"]), default=None,
-              help="Only images exist in this store (accepted for compatibility).")
+@click.option("--type", "type_", type=click.Choice(["container", "image"]), default=None,
+              help="Only this kind of object (default: containers first, then images, as docker).")
 @pass_globals
 @returns_code
 def inspect(g: Globals, names: tuple[str, ...], fmt: str | None, type_: str | None) -> int:
-    """Display detailed information on one or more images."""
+    """Display detailed information on one or more containers or images."""
     from registry.errors import RegistryError
     from registry.image import inspect_view, resolve_image
 
-    del type_
     store = g.store()
     views: list[dict[str, Any]] = []
     missing: list[str] = []
     for name in names:
+        if type_ != "image":    # containers first (the lifecycle verbs' docker-shaped view)
+            from builder.commands.containers import inspect_containers
+
+            found, _ = inspect_containers(g, (name,), fmt)
+            if found or type_ == "container":
+                views += found
+                missing += [] if found else [f"no such container: {name}"]
+                continue
         try:
             views.append(inspect_view(resolve_image(store, name)))
         except RegistryError as exc:

@@ -56,7 +56,8 @@ _CTX = {"help_option_names": ["--help"],      # -h is --hostname, as in docker
 @click.option("--cap-add", multiple=True, help="Add a Linux capability (or ALL).")
 @click.option("--cap-drop", multiple=True, help="Drop a Linux capability (or ALL).")
 @click.option("--privileged", is_flag=True, help="Give extended privileges (all caps, host devices).")
-@click.option("--userns", default="", help="User namespace: host, or auto[:size=N].")
+@click.option("--userns", default="", help="User namespace: host (root's default); rootless runs "
+              "always get one.")
 @click.option("--security-opt", multiple=True,
               help="no-new-privileges[=true|false], seccomp=unconfined.")
 @click.option("--restart", default="no", help="Restart policy for -d: no, on-failure[:N], always.")

@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from builder.steps import Prepared, StepEnv, StepOutcome, expand, expand_heredoc
 from grammar import ast
 
 _URL = re.compile(r"^https?://", re.I)
-_GIT = re.compile(r"^(git@[^:]+:|git://|ssh://|https?://.*\.git(#.*)?$|https?://.*\.git/?(#.*)?$)", re.I)
+_GIT = re.compile(r"^(git@[^:]+:|git://|ssh://|(https?|file)://\S+\.git/?(#\S*)?$)", re.I)
 
 
 def resolve_dest(dest: str, workdir: str) -> tuple[str, bool]:
@@ -50,7 +51,7 @@ class _Source:
     pattern: str                 # as written (after expansion)
     items: list[dict[str, Any]]  # copy items (see runtime.fileops "copy")
     digest: str                  # what the key hashes for it
-    listing: dict[str, str] | None = None   # relpath -> "kind mode digest" (explanations)
+    listing: Callable[[], dict[str, str]] | None = None  # relpath -> "kind mode digest" (explain)
 
 
 def _parents_name(path: str) -> str:
@@ -114,12 +115,18 @@ class CopyHandler:
             "platform": state.platform,
         }
         inputs = {f"{i}:{s.origin}:{s.pattern}": s.digest for i, s in enumerate(sources)}
-        files = {f"{i}:{s.origin}:{s.pattern}": s.listing for i, s in enumerate(sources) if s.listing}
-        doc = KeyDoc("copy", str(state.key), op, inputs, {"text": ins.original, "files": files})
+        doc = KeyDoc("copy", str(state.key), op, inputs, {"text": ins.original})
+
+        def detail() -> dict[str, Any]:
+            # per-file listings, computed only when the key misses (they explain the miss)
+            files = {f"{i}:{s.origin}:{s.pattern}": s.listing() for i, s in enumerate(sources) if s.listing}
+            return {"text": ins.original, "files": files}
+
         created_by = f"{ins.KIND} " + " ".join(
             [*(f"--{f.name}={f.value}" if f.value is not None else f"--{f.name}" for f in ins.flags),
              *[s.pattern for s in sources], dest_raw])
-        return Prepared(ins, doc, created_by, data={"sources": sources, "dest": dest, "dest_dir": dest_dir,
+        return Prepared(ins, doc, created_by, data={"detail": detail, "sources": sources, "dest": dest,
+                                                   "dest_dir": dest_dir,
                                                    "chown": chown, "chmod": chmod, "from": from_,
                                                    "link": ins.link, "preserve": from_ is not None})
 
@@ -164,9 +171,8 @@ class CopyHandler:
                         groups.setdefault((item["root"], item.get("name") or ""), []).append(item)
                 for (root, name), items in groups.items():
                     target = dest
-                    if name:
-                        target = go_clean(f"{dest}/{name}")
-                        target = _as_dir(target) if any(i["kind"] == "dir" for i in items) else target
+                    if name:   # --parents: the kept directories go under the destination
+                        target = _as_dir(go_clean(f"{dest}/{name}"))
                     elif dest_dir or len(items) > 1:
                         target = _as_dir(dest)
                     actions.append({
@@ -353,25 +359,43 @@ def _empty_like(state: StageState) -> StageState:
 
 
 def export_paths(other: StageState, rel: str, dest: Path, env: StepEnv) -> Path:
-    """Copy ``rel`` out of another stage's rootfs into host directory ``dest`` (for RUN
-    --mount from=STAGE); returns the path to bind."""
+    """Copy ``rel`` out of another stage's (or image's) rootfs into host directory ``dest`` (for
+    RUN --mount=type=bind,from=STAGE); returns the host path to bind (a file or a directory).
+
+    The file action runs with ``dest`` itself as the root and the other stage's read-only view
+    mounted beside it, so owners and modes are kept and nothing is mounted on the host."""
     from runtime import sandbox
 
     sn = env.snapshotter()
     chain = env.ensure_snapshot(other)
+    src = go_clean("/" + rel).lstrip("/") or "."
+    out = dest / "out"
     if chain is None:
-        return dest
+        out.mkdir()
+        return out
     vkey = f"view-{env.build_id}-{secrets.token_hex(4)}"
     mountpoint = Path(env.tmp) / f"from-{secrets.token_hex(4)}"
     mountpoint.mkdir()
     try:
         view = sn.view(vkey, chain)
-        action = {"op": "export", "src": go_clean("/" + rel), "dest": str(dest)}
-        sandbox.apply(action, root=str(mountpoint), rootfs_mounts=view)
+        action = {"op": "copy", "sources": [src], "dest": "/out/", "source_root": str(mountpoint),
+                  "workdir": "/", "owner": None, "preserve_owner": True, "mode": None, "mtime": None,
+                  "skip": []}
+        idmap = None
+        if os.geteuid() != 0:
+            from runtime.idmap import rootless_mapping
+
+            idmap = rootless_mapping()
+        sandbox.apply(action, root=str(dest), rootfs_mounts=(), idmap=idmap,
+                      extra_mounts=[(str(mountpoint), view)])
     finally:
         with contextlib.suppress(Exception):  # noqa: BLE001
             sn.remove(vkey)
-    return dest
+    name = posixpath.basename(src)
+    single = out / name
+    if src != "." and single.exists() and not single.is_dir() and len(list(out.iterdir())) == 1:
+        return single
+    return out
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -406,7 +430,7 @@ def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | No
                            f"context{' ' + repr(ctx.name) if ctx.name != 'context' else ''}",
                            span=span, hint=hint or "check the path; it is relative to the context directory")
     items: list[dict[str, Any]] = []
-    listing: dict[str, str] = {}
+    listed: list[tuple[Any, Any]] = []      # (match, exclude) for the lazy listing
     h = hashlib.sha256()
     root = str(ctx.root)
     for m in matches:
@@ -417,20 +441,14 @@ def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | No
         if entry.kind == "dir":
             skip = [f"{m.path}/{p}" if m.path else p for p in _skips(ctx, m.target, exclude)]
             items.append({"root": root, "rel": m.path or ".", "kind": "dir", "name": kept, "skip": skip})
-            cut = len(m.target) + 1 if m.target else 0
-            for child in ctx.under(m.target):
-                name = child.path[cut:]
-                if exclude is not None and exclude.excluded(name):
-                    continue
-                listing[f"{m.path}/{name}".lstrip("/")] = _listing(ctx, child)
-            listing[m.path or "."] = f"dir {entry.mode:o} -"
+            listed.append(m)
         elif entry.kind in ("file", "symlink"):
             if is_add and entry.kind == "file" and _is_archive(ctx.root / m.target):
                 items.append({"src": str(ctx.root / m.target), "kind": "archive"})
             else:
                 items.append({"root": root, "rel": m.path, "kind": entry.kind,
                               "name": posixpath.dirname(kept) if kept else ""})
-            listing[m.path] = _listing(ctx, entry)
+            listed.append(m)
         else:
             continue
         h.update(f"{m.path}\0{ctx.tree_digest(m.target, exclude)}\n".encode("utf-8", "surrogateescape"))
@@ -439,10 +457,26 @@ def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | No
     origin = "context"
     if is_add and all(i["kind"] == "archive" for i in items):
         origin = "archive"
+
+    def listing() -> dict[str, str]:
+        out: dict[str, str] = {}
+        for m in listed:
+            out[m.path or "."] = _listing(ctx, m.entry)
+            if m.entry.kind != "dir":
+                continue
+            cut = len(m.target) + 1 if m.target else 0
+            for child in ctx.under(m.target):
+                name = child.path[cut:]
+                if exclude is None or not exclude.excluded(name):
+                    out[f"{m.path}/{name}".lstrip("/")] = _listing(ctx, child)
+        return out
+
     return _Source(origin, pattern, items, "sha256:" + h.hexdigest(), listing)
 
 
 def _listing(ctx: Any, entry: Any) -> str:
+    if entry.kind == "dir":
+        return f"dir {entry.mode:o} -"
     if entry.kind == "file":
         return f"file {entry.mode:o} sha256:{ctx.file_digest(entry)}"
     if entry.kind == "symlink":

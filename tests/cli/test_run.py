@@ -77,15 +77,18 @@ def test_flags_reach_the_container(bb: StoredImage, tmp_path: Path) -> None:
     script = ("echo env=$A,$FROMFILE; echo cwd=$(pwd); echo id=$(id -u):$(id -g); echo host=$(hostname); "
               "echo vol=$(cat /v/f); touch /v/x 2>/dev/null; echo volro=$?; "
               "echo tmp=$(grep ' /scratch ' /proc/mounts | cut -d' ' -f3); "
-              "touch /rootfile 2>/dev/null; echo rootro=$?; echo caps=$(grep CapBnd /proc/self/status | cut -f2)")
+              "touch /rootfile 2>/dev/null; echo rootro=$?; "
+              "echo caps=$(grep CapBnd /proc/self/status | cut -f2); "
+              "touch /run/x; echo run=$?")
     r = pybuild(bb, "run", "--rm", "--network", "none", "-e", "A=a", "--env-file", str(envfile),
                 "-w", "/work", "-u", "33:33", "-h", "myhost", "-v", f"{vol}:/v:ro",
-                "--mount", "type=tmpfs,target=/scratch", "--read-only", "--cap-drop", "ALL",
+                "--mount", "type=tmpfs,target=/scratch", "--tmpfs", "/run:size=1m", "--read-only",
+                "--cap-drop", "ALL",
                 "busybox", "sh", "-c", script)
     assert r.returncode == 0, r.stderr
     v = dict(line.split("=", 1) for line in r.stdout.splitlines())
     assert v == {"env": "a,1", "cwd": "/work", "id": "33:33", "host": "myhost", "vol": "volume-data",
-                 "volro": "1", "tmp": "tmpfs", "rootro": "1", "caps": "0000000000000000"}
+                 "volro": "1", "tmp": "tmpfs", "rootro": "1", "caps": "0000000000000000", "run": "0"}
 
 
 def test_entrypoint_and_init(bb: StoredImage) -> None:
@@ -198,3 +201,15 @@ def test_pull_missing_image(busybox_in_registry: str, tmp_path: Path) -> None:
     never = pybuild(empty, "run", "--rm", "--pull", "never", "--network", "none",
                     busybox_in_registry.replace("busybox", "other"), "true")
     assert never.returncode == 125
+
+
+def test_security_opts_and_userns_flag(bb: StoredImage) -> None:
+    r = pybuild(bb, "run", "--rm", "--network", "none", "--security-opt", "no-new-privileges=false",
+                "--security-opt", "seccomp=unconfined", "busybox", "sh", "-c",
+                "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | cut -f2 | tr '\\n' ' '")
+    assert r.stdout.split() == ["0", "0"], r.stderr
+    bad = pybuild(bb, "run", "--rm", "--security-opt", "apparmor=x", "busybox", "true")
+    assert bad.returncode == 125
+    auto = pybuild(bb, "run", "--rm", "--network", "none", "--userns", "auto", "busybox", "true")
+    assert auto.returncode == 125 and "--userns=auto" in auto.stderr
+    assert _records(bb) == []

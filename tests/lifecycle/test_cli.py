@@ -127,3 +127,13 @@ def test_network_cli(root: Path) -> None:
     finally:
         assert run_cli(["network", "rm", name], root=root).stdout == f"{name}\n"
     assert run_cli(["network", "inspect", name], root=root).code == 1
+
+
+def test_top_level_inspect_finds_containers_first(root: Path,
+                                                  make_container: Callable[..., Container]) -> None:
+    c = make_container(["true"], name="insp")
+    r = run_cli(["inspect", "insp"], root=root)
+    assert r.code == 0 and json.loads(r.stdout)[0]["Id"] == c.id
+    assert run_cli(["inspect", "-f", "{{.State.Status}}", c.short_id], root=root).stdout == "created\n"
+    assert run_cli(["inspect", "--type", "container", "nothing"], root=root).code == 1
+    assert run_cli(["inspect", "--type", "image", "insp"], root=root).code == 1

@@ -90,8 +90,12 @@ def test_the_lab(lab: Path, tmp_path: Path) -> None:
     assert ps_inside.returncode == 0, ps_inside.stderr
     first = next(line.split() for line in ps_inside.stdout.splitlines()[1:])
     assert first[0] == "1" and "httpd" in " ".join(first)
-    host_pid = json.loads(pb(root, "container", "inspect", "web").stdout)[0]["State"]["Pid"]
-    assert host_pid > 1
+    view = json.loads(pb(root, "inspect", "web").stdout)[0]
+    host_pid = view["State"]["Pid"]
+    assert host_pid > 1 and view["State"]["Status"] == "running"
+    assert view["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+    assert view["HostConfig"]["Memory"] == 100 * 1024 * 1024
+    assert {m["Destination"] for m in view["Mounts"]} == {"/www", "/etc/app.conf"}
     assert "httpd" in Path(f"/proc/{host_pid}/cmdline").read_text()
 
     # logs -f streams while the container runs
@@ -131,6 +135,9 @@ def test_the_lab(lab: Path, tmp_path: Path) -> None:
     took = time.monotonic() - t0
     assert 1.8 <= took < 5, took
     assert re.search(r"Exited \(137\) .* ago", pb(root, "ps", "-a").stdout)
+    state = json.loads(pb(root, "inspect", "web").stdout)[0]["State"]
+    assert (state["Status"], state["ExitCode"], state["OOMKilled"], state["Pid"]) == ("exited", 137, False, 0)
+    assert state["FinishedAt"] > state["StartedAt"]
     assert pb(root, "ps", "-q").stdout == ""
     assert curl(port) == ""
 
@@ -160,11 +167,13 @@ def test_two_containers_reach_each_other_by_name(lab: Path, tmp_path: Path) -> N
     (www / "index.html").write_text("from srv\n")
     net = f"app{SUFFIX}"
     assert pb(root, "network", "create", net).code == 0
-    assert pb(root, "run", "-d", "--network", net, "--name", "srv", "-v", f"{www}:/www",
-              "busybox", "httpd", "-f", "-p", "80", "-h", "/www").code == 0
+    assert pb(root, "run", "-d", "--network", net, "--name", "srv", "--network-alias", "api",
+              "-v", f"{www}:/www", "busybox", "httpd", "-f", "-p", "80", "-h", "/www").code == 0
     assert pb(root, "run", "-d", "--network", net, "--name", "client", "busybox", "sleep", "600").code == 0
     got = pb_proc(root, "exec", "client", "wget", "-qO-", "http://srv/")
     assert (got.returncode, got.stdout) == (0, "from srv\n"), got.stderr
+    by_alias = pb_proc(root, "exec", "client", "wget", "-qO-", "http://api/")
+    assert (by_alias.returncode, by_alias.stdout) == (0, "from srv\n"), by_alias.stderr
     back = pb_proc(root, "exec", "srv", "ping", "-c", "1", "-W", "2", "client")
     assert back.returncode == 0 and "1 packets received" in back.stdout
     # a container on the default network is not reachable by name, and cannot resolve them
@@ -306,3 +315,50 @@ def test_a_killed_monitor_takes_the_container_along(lab: Path) -> None:
     nets = NetworkStore(root / "networks").list_all()
     left = traces(root, [c.id], [n.id for n in nets], [n.bridge for n in nets], [(st.pid, st.pid_start)])
     assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}
+
+
+def test_named_volume_is_filled_from_the_image_once(lab: Path) -> None:
+    root = lab
+    assert pb(root, "run", "-d", "--name", "v1", "-v", "etcdata:/etc", "busybox", "sleep", "600").code == 0
+    mountpoint = Path(json.loads(pb(root, "volume", "inspect", "etcdata").stdout)[0]["Mountpoint"])
+    assert (mountpoint / "passwd").read_text().startswith("root:x:0:0:")     # copied from the image
+    assert pb_proc(root, "exec", "v1", "sh", "-c", "echo shared > /etc/marker").returncode == 0
+    rm_busy = pb(root, "volume", "rm", "etcdata")
+    assert rm_busy.code == 1 and "in use" in rm_busy.stderr
+    # a second container sees the volume's content, not the image's
+    assert pb(root, "run", "-d", "--name", "v2", "-v", "etcdata:/etc", "busybox", "sleep", "600").code == 0
+    assert pb_proc(root, "exec", "v2", "cat", "/etc/marker").stdout == "shared\n"
+    assert pb(root, "rm", "-f", "-v", "v1", "v2").code == 0
+    assert pb(root, "volume", "ls", "-q").stdout == "etcdata\n"     # rm -v keeps named volumes
+    assert pb(root, "volume", "rm", "etcdata").stdout == "etcdata\n"
+
+
+def test_oom_kill_is_recorded_by_the_monitor(lab: Path) -> None:
+    root = lab
+    r = pb(root, "run", "-d", "--name", "hog", "--memory", "16m", "busybox", "dd", "if=/dev/zero",
+           "of=/dev/null", "bs=96M", "count=1")
+    assert r.code == 0, r.stderr
+    c = ContainerStore(root / "containers").get("hog")
+    wait_for(lambda: c.state().status == "exited", timeout=20)
+    state = json.loads(pb(root, "inspect", "hog").stdout)[0]["State"]
+    assert (state["ExitCode"], state["OOMKilled"]) == (137, True)
+
+
+def test_exec_with_a_tty_env_user_and_workdir(lab: Path) -> None:
+    root = lab
+    assert pb(root, "run", "-d", "--name", "box", "busybox", "sleep", "600").code == 0
+    t = pb_proc(root, "exec", "-t", "box", "tty")
+    assert t.returncode == 0 and re.match(r"/dev/pts/\d+\r?\n$", t.stdout), (t.stdout, t.stderr)
+    env = pb_proc(root, "exec", "-e", "GREETING=hi", "-u", "nobody", "-w", "/tmp", "box", "sh", "-c",
+                  'echo "$GREETING $(id -un) $(pwd)"')
+    assert env.stdout == "hi nobody /tmp\n"
+    fed = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "exec", "-i", "box", "cat"],
+                         input="through stdin\n", capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+    assert fed.stdout == "through stdin\n"
+    assert pb_proc(root, "exec", "box", "sh", "-c", "exit 3").returncode == 3
+    missing = pb_proc(root, "exec", "box", "no-such-cmd")
+    assert missing.returncode == 127 and "no-such-cmd" in missing.stderr
+    detached = pb_proc(root, "exec", "-d", "box", "sh", "-c", "sleep 0.2; echo done > /tmp/bg")
+    assert detached.returncode == 0
+    wait_for(lambda: pb_proc(root, "exec", "box", "cat", "/tmp/bg").stdout == "done\n")
+    assert pb(root, "rm", "-f", "box").code == 0

@@ -180,3 +180,18 @@ def test_rm_refuses_a_running_container_without_force(
     L.remove_container(root, c, force=True)
     assert not c.dir.exists()
     _wait(lambda: not is_alive(pid, None))
+
+
+def test_sigterm_to_the_monitor_stops_the_container_for_good(
+        root: Path, make_container: Callable[..., Container]) -> None:
+    c = make_container(["sh", "-c", TERM_IGNORING], name="shutdown", restart="always", stop_timeout=1)
+    spawn(root, c)
+    _wait(lambda: any("ready" in e.log for e in read_log(c.log_path)))
+    st = c.raw_state()
+    t0 = time.monotonic()
+    os.kill(st.monitor_pid, signal.SIGTERM)      # e.g. the host shutting down
+    L.wait_monitor_gone(c, 10)
+    assert time.monotonic() - t0 < 5
+    final = c.state()
+    assert final.status == "exited" and final.exit_code == 137      # stop timeout, then SIGKILL
+    assert final.restart_count == 0                                  # and no restart

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import os
 import tarfile
 
 import pytest
@@ -97,3 +99,20 @@ def test_write_tar_reads_file_sources(tmp_path) -> None:
     assert len(raw) % 512 == 0
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
         assert tf.extractfile("f").read() == b"z" * 1000  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_compressed_bytes_do_not_depend_on_write_sizes(codec: str) -> None:
+    """ISA-L deflate output depends on input chunking; the codec wrapper must hide that."""
+    data = os.urandom(3 << 20) + b"layer text " * 200_000
+    digests = set()
+    for size in (512, 4096, 65536, 1 << 20, len(data)):
+        out = io.BytesIO()
+        w = compressor(out, codec)
+        for i in range(0, len(data), size):
+            w.write(data[i:i + size])
+        w.close()
+        digests.add(hashlib.sha256(out.getvalue()).hexdigest())
+        out.seek(0)
+        assert decompressor(out, codec).read() == data
+    assert len(digests) == 1

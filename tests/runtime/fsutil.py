@@ -47,9 +47,7 @@ def tree(root: Path, *, mtimes: bool = True, owners: bool = True, xattrs: bool =
                 names = []
             xa = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names
                               if not (skip_overlay_xattrs and ".overlay." in n)))
-        mt = st.st_mtime_ns if mtimes and not stat.S_ISLNK(st.st_mode) else None
-        if mtimes and stat.S_ISLNK(st.st_mode):
-            mt = st.st_mtime_ns
+        mt = st.st_mtime_ns if mtimes else None
         out[rel] = (kind, mode, st.st_uid if owners else None, st.st_gid if owners else None,
                     extra, digest, mt, xa)
         if stat.S_ISDIR(st.st_mode):
@@ -117,6 +115,11 @@ _CHILD = r"""
 import ctypes, json, os, sys, importlib, traceback
 spec = json.loads(sys.stdin.read())
 libc = ctypes.CDLL(None, use_errno=True)
+mod = importlib.import_module(spec["module"])   # before dropping privileges: the venv is root's
+if spec.get("user") is not None:
+    os.setgroups([])
+    os.setgid(spec["user"])
+    os.setuid(spec["user"])
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 uid, gid = os.geteuid(), os.getegid()
 flags = 0
@@ -134,7 +137,6 @@ if spec["mountns"]:
     MS_REC, MS_PRIVATE = 0x4000, 1 << 18
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         e = ctypes.get_errno(); raise OSError(e, "make / rprivate: " + os.strerror(e))
-mod = importlib.import_module(spec["module"])
 try:
     result = getattr(mod, spec["func"])(*spec["args"])
     out = {"ok": True, "result": result}
@@ -151,11 +153,13 @@ class ChildError(Exception):
 
 
 def run_in_child(module: str, func: str, *args: Any, userns: bool = False, mountns: bool = False,
-                 timeout: float = 60) -> Any:
+                 user: int | None = None, timeout: float = 60) -> Any:
     """Call module.func(*args) (JSON-serializable in and out) in a fresh Python child that first
     unshares a user namespace (single-id map: 0 -> our uid) and/or a private mount namespace,
-    so nothing it mounts is visible to the host. Raises ChildError with the child's exception."""
-    spec = {"module": module, "func": func, "args": list(args), "userns": userns, "mountns": mountns}
+    so nothing it mounts is visible to the host; ``user`` first drops to that uid/gid (an
+    unprivileged user, no namespace). Raises ChildError with the child's exception."""
+    spec = {"module": module, "func": func, "args": list(args), "userns": userns, "mountns": mountns,
+            "user": user}
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(spec), text=True,
                           capture_output=True, timeout=timeout, env=env, cwd=str(REPO_ROOT))

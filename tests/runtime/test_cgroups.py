@@ -79,6 +79,14 @@ class TestLimits:
         # 0.5 CPU for ~1 s: well below a full second of CPU time
         assert st["cpu_usage_ns"] < 0.8e9
 
+    def test_the_container_sees_its_own_cgroup_read_only(self, rootfs: Rootfs) -> None:
+        _v1_only()
+        r = run_in(rootfs, ["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
+                                        "cat /sys/fs/cgroup/pids/pids.max; "
+                                        "echo 1 > /sys/fs/cgroup/pids/pids.max; echo w=$?"],
+                   resources=Resources(memory=48 * MiB, pids_limit=50))
+        assert r.out.split() == [str(48 * MiB), "50", "w=1"]
+
     def test_limits_are_written_where_the_kernel_reads_them(self, rootfs: Rootfs) -> None:
         _v1_only()
         res = Resources(memory=64 * MiB, memory_swap=96 * MiB, cpu_quota=25_000, cpu_shares=512,
@@ -171,13 +179,16 @@ def test_v2_driver_on_the_real_unified_hierarchy() -> None:
 @pytest.mark.needs_overlay
 @pytest.mark.usefixtures("no_leaks")
 def test_container_in_a_v2_cgroup_gets_nodev_devices(rootfs: Rootfs) -> None:
-    """A container whose cgroup is v2 (no devices controller without BPF) falls back to
-    host device nodes bind-mounted into a nodev /dev and a nodev rootfs: mknod'ed nodes
-    cannot be opened, so the device policy still holds."""
+    """A container whose cgroup is v2: it gets a cgroup namespace and a read-only cgroup2 at
+    /sys/fs/cgroup; with no devices controller (that needs BPF) it falls back to host device
+    nodes bind-mounted into a nodev /dev and a nodev rootfs: mknod'ed nodes cannot be opened,
+    so the device policy still holds."""
     if not (UNIFIED / "cgroup.procs").exists():
         pytest.skip("no cgroup2 mount at /sys/fs/cgroup/unified on this host")
     cg = CgroupV2.create(f"pybuild-c{os.getpid()}", Resources(), parent=UNIFIED)
     spec = make_spec(rootfs, ["sh", "-c", "cat /proc/self/cgroup | grep '^0::'; "
+                                          "grep -c . /sys/fs/cgroup/cgroup.procs; "
+                                          "grep ' /sys/fs/cgroup ' /proc/mounts | cut -d' ' -f3,4; "
                                           "mknod /tmp/d c 1 3 && echo x > /tmp/d; echo mknod_open=$?; "
                                           "echo x > /dev/null; echo null=$?; "
                                           "grep -c nodev /proc/mounts"])
@@ -190,7 +201,10 @@ def test_container_in_a_v2_cgroup_gets_nodev_devices(rootfs: Rootfs) -> None:
     text = os.read(out_r, 65536).decode()
     os.close(out_r)
     assert st.exit_code == 0
-    assert f"pybuild-c{os.getpid()}" in text
+    lines = text.splitlines()
+    assert lines[0] == "0::/"                       # a cgroup namespace rooted at its cgroup
+    assert int(lines[1]) >= 1                       # ... whose procs it sees at /sys/fs/cgroup
+    assert lines[2].startswith("cgroup2 ro,")
     assert "mknod_open=1" in text and "null=0" in text
     assert not cg.path.exists()
 

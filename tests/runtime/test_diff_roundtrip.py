@@ -6,6 +6,7 @@ overlay upper holds what the kernel really writes (whiteout devices, opaque xatt
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,52 @@ def test_overlay_diff_shapes(tmp_path: Path) -> None:
     _, _, entries = _changed("overlay", tmp_path / "o4", "chmod_only")
     (only,) = entries
     assert (only.path, only.kind, only.mode, only.size) == ("f_chmod", "file", 0o600, 1)
+
+
+def test_write_diff_is_deterministic_and_clamped(tmp_path: Path) -> None:
+    """Same upper dir → same bytes (both digests); SOURCE_DATE_EPOCH-style clamping."""
+    import tarfile
+
+    from registry.store import DirStore
+    from runtime.diff import write_diff
+
+    sn = OverlaySnapshotter(tmp_path / "s")
+    sn.prepare("w", None)
+    up = sn.upper_dir("w")
+    (up / "b").mkdir()
+    (up / "b" / "z").write_text("z")
+    (up / "a").write_text("a")
+    blobs = [write_diff(DirStore(tmp_path / f"st{i}"), sn, "w", codec=codec, clamp_mtime=EPOCH)
+             for i, codec in enumerate(["gzip", "gzip", "zstd", "zstd"])]
+    assert blobs[0] == blobs[1] and blobs[2] == blobs[3]
+    assert blobs[0].diff_id == blobs[2].diff_id        # the same tar under both codecs
+    store = DirStore(tmp_path / "st0")
+    import gzip
+
+    with store.open(blobs[0].descriptor.digest) as f, \
+            tarfile.open(fileobj=io.BytesIO(gzip.decompress(f.read())), mode="r:") as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == ["a", "b", "b/z"]
+    assert all(m.mtime == EPOCH and m.uname == "" for m in members)
+
+
+@pytest.mark.needs_root
+def test_trusted_xattr_overlay_snapshots(tmp_path: Path) -> None:
+    """The trusted.overlay.* flavour (no userxattr) also stacks whiteouts and opaque dirs."""
+    from tests.conftest import have_overlay, skip_or_fail
+
+    if not have_overlay():
+        skip_or_fail("overlayfs cannot be mounted here")
+    sn = OverlaySnapshotter(tmp_path / "s", xattr_ns="trusted")
+    base = _base(sn)
+    layer = make_tar([E("data/.wh.a"), E("re", "dir"), E("re/.wh..wh..opq"), E("re/n", data=b"n")])
+    sn.prepare("l2-x", base)
+    sn.apply_layer("l2-x", io.BytesIO(layer), layer="l2")
+    sn.commit("l2", "l2-x")
+    assert os.getxattr(sn.path("l2") / "re", "trusted.overlay.opaque") == b"y"
+    mounts = sn.prepare("work", "l2")
+    assert "userxattr" not in mounts[0].options
+    (seen,) = mounted_ops(mounts, [["rm", "data/b"], ["tree"]])
+    names = {k for k in seen if k != "."}
+    assert {"data/a", "data/b", "re/old1"}.isdisjoint(names) and {"re/n", "data/sub/c"} <= names
+    assert [e.path for e in layer_entries(sn, "work")] == ["data", "data/.wh.b"]

@@ -16,6 +16,10 @@ from runtime.errors import LayerError, UnsafePath
 from runtime.fileops import FileActionError, copy_action, execute, extract_action, mkdir_action
 from tests.runtime.fsutil import E, make_tar, run_in_child
 
+# Ownership is part of what these rules promise (0:0 by default, --chown), so they run as root;
+# the rootless shape is the user-namespace test at the end.
+pytestmark = pytest.mark.needs_root
+
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Path:
@@ -236,3 +240,23 @@ def test_copy_in_a_user_namespace(ctx: Path, root: Path) -> None:
                        str(root), userns=True)
     assert (root / "other" / "README").is_file()
     assert any("not applied" in w for w in out["warnings"])  # type: ignore[union-attr]
+
+
+def test_export_copies_out_of_the_root(root: Path, tmp_path: Path) -> None:
+    """RUN --mount from=STAGE: a rootfs path copied to a host directory, symlinks resolved in
+    the root for the source and copied verbatim inside it."""
+    (root / "opt" / "app" / "sub").mkdir(parents=True)
+    (root / "opt" / "app" / "f").write_text("f")
+    os.chown(root / "opt" / "app" / "f", 7, 8)
+    os.symlink("/etc/shadow", root / "opt" / "app" / "sub" / "l")
+    out = tmp_path / "out"
+    out.mkdir()
+    run(fileops.export_action("/abs-opt/app", str(out)), root)     # /abs-opt -> /opt in the root
+    assert (out / "f").read_text() == "f" and (out / "f").stat().st_uid == 7
+    assert os.readlink(out / "sub" / "l") == "/etc/shadow"
+    single = tmp_path / "single"
+    single.mkdir()
+    run(fileops.export_action("/opt/app/f", str(single)), root)
+    assert (single / "f").read_text() == "f"
+    with pytest.raises(FileActionError, match="not found"):
+        run(fileops.export_action("/etc-link/shadow", str(single)), root)   # the root's /etc

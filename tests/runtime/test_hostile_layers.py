@@ -99,6 +99,7 @@ CASES: dict[str, Case] = {
                                       E("s2", "symlink", link="../../../../etc")],
                                      check=_both(_exists("s1"), _exists("s2"))),
     "root_as_file": Case([E("./", data=b"x")], refused="root"),
+    "path_too_deep": Case([E("a/" * 600 + "x", data=b"x")], refused="deeper"),
     "device_node": Case([E("dev", "dir"), E("dev/mem", "char", dev=(1, 1), mode=0o600)],
                         check=lambda t, s: None),
 }

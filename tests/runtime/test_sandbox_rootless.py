@@ -6,7 +6,6 @@ with newuidmap/newgidmap, with the image's overlay mounted inside that namespace
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess

@@ -30,7 +30,8 @@ def _under_runtime(runtime: str, rootfs: Rootfs, tmp_path: Path) -> tuple[int, d
     spec = make_spec(rootfs, ["sh", "-c", PROBE], hostname="probe-host")
     spec["linux"]["cgroupsPath"] = f"/pybuild-{runtime}-{os.getpid()}"
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        code = sandbox.run_runtime(spec, bundle=tmp_path / f"bundle-{runtime}", container_id=f"t{os.getpid()}",
+        code = sandbox.run_runtime(spec, bundle=tmp_path / f"bundle-{runtime}",
+                                   container_id=f"t{os.getpid()}",
                                    runtime=runtime, rootfs_mounts=rootfs.mounts, stdio=(None, out, err),
                                    state_root=str(tmp_path / f"state-{runtime}"))
         out.seek(0)

@@ -218,6 +218,25 @@ class TestOverlay(SnapshotterContract):
         assert _files(seen) == {f"f{i}" for i in range(150)}
 
     @pytest.mark.needs_root
+    @pytest.mark.needs_userns
+    @pytest.mark.needs_overlay
+    def test_mount_and_diff_inside_a_user_namespace(self, snapshotter: Snapshotter) -> None:
+        """Rootless shape: the same snapshots mounted by a user-namespace root (userxattr)."""
+        from runtime.diff import layer_entries
+
+        _layer(snapshotter, "l1", None, [E("a", "dir"), E("a/x", data=b"x"), E("a/y", data=b"y"),
+                                         E("b", "dir"), E("b/old", data=b"o")])
+        _layer(snapshotter, "l2", "l1", [E("a/.wh.x"), E("b", "dir"), E("b/.wh..wh..opq"),
+                                         E("b/new", data=b"n")])
+        mounts = snapshotter.prepare("work", "l2")
+        seen, = mounted_ops(mounts, [["tree"]], userns=True)
+        assert _files(seen) == {"a", "a/y", "b", "b/new"}
+        mounted_ops(mounts, [["rm", "a/y"], ["rm", "b"], ["mkdir", "b"], ["write", "c", "c"]],
+                    userns=True)
+        entries = [e.path for e in layer_entries(snapshotter, "work")]
+        assert entries == ["a", "a/.wh.y", "b", "b/.wh..wh..opq", "c"]
+
+    @pytest.mark.needs_root
     @pytest.mark.needs_overlay
     def test_chdir_fallback_mounts_long_stacks(self, snapshotter: Snapshotter) -> None:
         from tests.runtime.fsutil import run_in_child
@@ -281,3 +300,15 @@ def test_a_store_keeps_its_driver(tmp_path: Path) -> None:
     with pytest.raises(snap.SnapshotError):
         CopySnapshotter(tmp_path / "s")
     assert isinstance(snap.default_snapshotter(tmp_path / "s"), OverlaySnapshotter)
+
+
+@pytest.mark.parametrize("cls", [OverlaySnapshotter, CopySnapshotter])
+def test_cleanup_removes_leftovers_of_killed_processes(cls: type, tmp_path: Path) -> None:
+    s = cls(tmp_path / "s")
+    _layer(s, "keep", None, [E("a", data=b"1")])
+    (s.root / ".new-dead").mkdir()
+    (s.root / ".trash-9-dead" / "fs").mkdir(parents=True)
+    (s.root / "77" / "fs").mkdir(parents=True)          # a snapshot dir no key points to
+    assert s.cleanup(min_age=3600) == []                 # too young: may belong to a live process
+    assert sorted(s.cleanup(min_age=0)) == [".new-dead", ".trash-9-dead", "77"]
+    assert [i.key for i in s.walk()] == ["keep"]

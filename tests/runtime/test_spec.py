@@ -11,7 +11,8 @@ from runtime import spec as S
 from runtime.cgroups import Resources
 from runtime.idmap import IdMapping, IdRange
 
-PASSWD = "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n"
+PASSWD = ("root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n"
+          "app:x:1000:1000::/home/app:/bin/sh\n")
 GROUP = "root:x:0:\nwheel:x:10:root,app\nwww-data:x:33:\napp:x:1000:\ndocker:x:999:app\n"
 
 
@@ -95,7 +96,8 @@ def test_parse_mount_and_tmpfs() -> None:
 
 def test_build_spec_defaults() -> None:
     cfg = ContainerConfig(env=("PATH=/bin", "A=1"), cmd=("sh",), user="www-data", working_dir="/w")
-    spec = S.build_spec(cfg, S.RunOptions(env=("A=2",)), root_path="/r", state_dir="/s", container_id="a" * 64)
+    spec = S.build_spec(cfg, S.RunOptions(env=("A=2",)), root_path="/r", state_dir="/s",
+                        container_id="a" * 64)
     p = spec["process"]
     assert p["args"] == ["sh"] and p["cwd"] == "/w" and p["noNewPrivileges"] is True
     assert p["env"] == ["PATH=/bin", "A=2", "HOSTNAME=aaaaaaaaaaaa"]

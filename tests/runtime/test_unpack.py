@@ -102,6 +102,7 @@ def test_whiteouts_in_apply_mode(tmp_path: Path) -> None:
     assert stats.whiteouts == 4 and stats.opaques == 1
 
 
+@pytest.mark.needs_root
 def test_overlay_mode_markers(tmp_path: Path) -> None:
     lower = tmp_path / "lower"
     lower.mkdir()
@@ -122,9 +123,20 @@ def test_overlay_mode_markers(tmp_path: Path) -> None:
 
 
 def test_overlay_mode_dir_over_whiteout_becomes_opaque(tmp_path: Path) -> None:
+    (tmp_path / "lower").mkdir()
     layer = make_tar([E(".wh.d"), E("d", "dir"), E("d/n", data=b"n")])
-    unpack_overlay_layer(io.BytesIO(layer), tmp_path, xattr_ns="user")
-    assert os.getxattr(tmp_path / "d", "user.overlay.opaque") == b"y"
+    (tmp_path / "upper").mkdir()
+    unpack_overlay_layer(io.BytesIO(layer), tmp_path / "upper", lowers=[tmp_path / "lower"],
+                         xattr_ns="user")
+    assert os.getxattr(tmp_path / "upper" / "d", "user.overlay.opaque") == b"y"
+
+
+def test_overlay_mode_bottom_layer_has_no_markers(tmp_path: Path) -> None:
+    layer = make_tar([E(".wh.gone"), E("d", "dir"), E("d/.wh..wh..opq"), E("d/f", data=b"f")])
+    stats = unpack_overlay_layer(io.BytesIO(layer), tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["d", "d/f"]
+    assert os.listxattr(tmp_path / "d") == []
+    assert stats.whiteouts == 1 and stats.opaques == 1
 
 
 def test_overlay_mode_xattr_whiteouts_when_mknod_is_refused(tmp_path: Path,
@@ -138,11 +150,14 @@ def test_overlay_mode_xattr_whiteouts_when_mknod_is_refused(tmp_path: Path,
         real(path, mode, device, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "mknod", no_whiteout_devices)
-    unpack_overlay_layer(io.BytesIO(make_tar([E("d", "dir"), E("d/.wh.x")])), tmp_path)
-    wh = tmp_path / "d" / "x"
+    (tmp_path / "lower").mkdir()
+    (tmp_path / "upper").mkdir()
+    unpack_overlay_layer(io.BytesIO(make_tar([E("d", "dir"), E("d/.wh.x")])), tmp_path / "upper",
+                         lowers=[tmp_path / "lower"])
+    wh = tmp_path / "upper" / "d" / "x"
     assert wh.is_file() and wh.stat().st_size == 0
     assert os.getxattr(wh, "user.overlay.whiteout") == b"y"
-    assert os.getxattr(tmp_path / "d", "user.overlay.opaque") == b"x"
+    assert os.getxattr(tmp_path / "upper" / "d", "user.overlay.opaque") == b"x"
 
 
 def test_extract_mode_has_no_whiteouts(tmp_path: Path) -> None:
@@ -229,3 +244,62 @@ def test_rootless_unpack_in_a_user_namespace(tmp_path: Path) -> None:
     warnings = " ".join(out["warnings"])  # type: ignore[arg-type]
     assert "device node skipped" in warnings and "trusted.secret" in warnings
     shutil.rmtree(target)
+
+
+def _child_unprivileged_unpack(data_path: str, target: str) -> dict[str, object]:
+    stats = apply_layer(open(data_path, "rb"), Path(target))  # noqa: SIM115
+    return {"owners_dropped": stats.owners_dropped, "warnings": list(stats.warnings)}
+
+
+@pytest.mark.needs_root
+def test_unprivileged_unpack_keeps_files_as_the_user(tmp_path: Path) -> None:
+    """No user namespace at all (an ordinary user): the image's 0:0 becomes the user itself
+    (what a later user namespace maps to root); other owners are counted as dropped."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="pybuild-unpriv-", dir="/tmp"))
+    try:
+        work.chmod(0o777)
+        data = make_tar([E("d", "dir", mode=0o555), E("d/mine", data=b"m"),
+                         E("theirs", data=b"t", uid=33, gid=33), E("null", "char", dev=(1, 3)),
+                         E("d2", "dir"), E("d2/.wh.nothing")])
+        (work / "l.tar").write_bytes(data)
+        target = work / "t"
+        target.mkdir()
+        target.chmod(0o777)
+        out = run_in_child("tests.runtime.test_unpack", "_child_unprivileged_unpack", str(work / "l.tar"),
+                           str(target), user=65534)
+        assert out["owners_dropped"] == 1
+        for p in (target / "d", target / "d" / "mine", target / "theirs"):
+            assert p.stat().st_uid == 65534, p
+        assert (target / "d").stat().st_mode & 0o777 == 0o555
+        assert not (target / "null").exists()
+    finally:
+        shutil.rmtree(work)
+
+
+def test_overlay_mode_keeps_the_tar_order(tmp_path: Path) -> None:
+    """Later entries see earlier ones: a second entry with a name replaces the first, a
+    hardlink, a whiteout and a symlink of an earlier file all apply in order."""
+    (tmp_path / "lower").mkdir()
+    (tmp_path / "up").mkdir()
+    entries = [E("d", "dir")] + [E(f"d/f{i}", data=str(i).encode()) for i in range(300)]
+    entries += [E("d/f1", data=b"second version"), E("d/h", "hardlink", link="d/f2"),
+                E("d/.wh.f3"), E("d/f4", "symlink", link="f5"), E("d/f6", "dir"), E("d/f6/in", data=b"x")]
+    stats = unpack_overlay_layer(io.BytesIO(make_tar(entries)), tmp_path / "up",
+                                 lowers=[tmp_path / "lower"])
+    d = tmp_path / "up" / "d"
+    assert (d / "f0").read_bytes() == b"0" and (d / "f299").read_bytes() == b"299"
+    assert (d / "f1").read_bytes() == b"second version"
+    assert os.stat(d / "h").st_ino == os.stat(d / "f2").st_ino
+    assert stat.S_ISCHR(os.lstat(d / "f3").st_mode)
+    assert os.readlink(d / "f4") == "f5"
+    assert (d / "f6" / "in").read_bytes() == b"x"
+    assert stats.files == 302 and stats.hardlinks == 1
+
+
+def test_os_errors_name_the_entry(tmp_path: Path) -> None:
+    entries = [E("ok", data=b"1"), E("x" * 300, data=b"2"), E("after", data=b"3")]
+    with pytest.raises(LayerError) as err:
+        unpack_overlay_layer(io.BytesIO(make_tar(entries)), tmp_path)
+    assert err.value.entry == "x" * 300 and "too long" in str(err.value)
