@@ -9,8 +9,12 @@ is touched. The image is unpacked before timing (one warm-up run each). The peer
 ../shared/bench/RESULTS.md used `--network none`; that is the default case here, and
 `--network default` adds each tool's default network (bridge) as a second case.
 
+pybuild's modules are byte-compiled first (what `pip install` does; a checkout run with
+PYTHONDONTWRITEBYTECODE=1, as this machine's shells are, would otherwise recompile ~40 modules
+on every start, ~15 ms that no installed pybuild pays); --no-compile skips that.
+
 usage: .venv/bin/python bench/run_bench.py [-n 21] [--warmup 2] [--network none|default|both]
-                                           [--keep] [--json FILE]
+                                           [--keep] [--json FILE] [--no-compile]
 Needs root, podman + runc + skopeo (Debian: podman, skopeo), busybox-static.
 """
 
@@ -62,12 +66,19 @@ def main() -> int:
     ap.add_argument("--network", choices=("none", "default", "both"), default="both")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", help="also write the figures as JSON")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="do not byte-compile pybuild's packages before timing")
     a = ap.parse_args()
     for tool in ("podman", "skopeo"):
         if shutil.which(tool) is None:
             sys.stderr.write(f"run_bench: {tool} not found\n")
             return 2
     pybuild_exe = str(Path(sys.executable).with_name("pybuild"))
+    if not a.no_compile:
+        import compileall
+
+        for pkg in ("builder", "registry", "runtime", "grammar"):
+            compileall.compile_dir(str(REPO / pkg), quiet=1)
     work = Path(tempfile.mkdtemp(prefix="pybuild-runbench-"))
     results = []
     try:

@@ -106,6 +106,7 @@ def main() -> int:
     args = ap.parse_args()
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     src = build_image(state)
 
     from tests.support.registry_server import start_registry, stop
@@ -212,7 +213,9 @@ def main() -> int:
 
     size = DirStore(src).size(next(iter(DirStore(src).walk())))  # any blob: just to touch the store
     del size
-    print(f"\nbigcopy image, {args.runs} interleaved runs each (wall seconds, whole process)\n")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nbigcopy image, {args.runs} interleaved runs each (wall seconds, whole process); "
+          f"load average at start {load_start}, at end {load}\n")
     print("| operation | pybuild median (min-max) | skopeo median (min-max) | ratio | target |")
     print("|---|---|---|---|---|")
     for op, target in (("push", "<= 1.0"), ("pull", "<= 1.0"), ("unpack", "<= 0.7")):

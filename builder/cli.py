@@ -1,21 +1,22 @@
 """The pybuild command line: a click group with lazily imported verbs, global flags, one
 error presenter and docker's exit codes.
 
-Only click and the stdlib-only error bases are imported at module scope, so ``--help``
-stays light (DESIGN C9; tests/cli/test_import_weight.py). ``pybuild -t app:1.0 .`` (a
-first argument that is an option or a path) falls through to ``build``.
+Only the stdlib-only error bases are imported at module scope, so ``--help`` stays light
+(DESIGN C9; tests/cli/test_import_weight.py); click is imported when the group is first
+needed (``_cli()``), which an ordinary ``pybuild run`` never does: its command line is read by
+builder.commands.run.fast_parse from the same option table (click takes over for anything
+else). ``pybuild -t app:1.0 .`` (a first argument that is an option or a path) falls through
+to ``build``.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
-
-import click
 
 from builder.commands import Globals
 from builder.errors import BuildError
@@ -76,39 +77,91 @@ def _looks_like_build_arg(arg: str) -> bool:
             or arg.startswith(("http://", "https://", "git@")))
 
 
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(v for v in _VERBS if self._available(v))
+def _make_cli() -> Any:
+    """The click group (imports click; built once, on first use)."""
+    import click
 
-    @staticmethod
-    def _available(name: str) -> bool:
-        module = _VERBS[name].split(":")[0]
-        return importlib.util.find_spec(module) is not None
+    class _LazyGroup(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted(v for v in _VERBS if self._available(v))
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _VERBS.get(cmd_name)
-        if target is None or not self._available(cmd_name):
-            return None
-        module, attr = target.split(":")
-        cmd = getattr(importlib.import_module(module), attr)
-        assert isinstance(cmd, click.Command)
-        return cmd
+        @staticmethod
+        def _available(name: str) -> bool:
+            module = _VERBS[name].split(":")[0]
+            return importlib.util.find_spec(module) is not None
 
-    def resolve_command(self, ctx: click.Context,
-                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
-        first = args[0] if args else ""
-        if first not in _VERBS and _looks_like_build_arg(first):
-            build = self.get_command(ctx, "build")
-            if build is not None:
-                return "build", build, args
-        if first and first not in _VERBS:
-            guess = difflib.get_close_matches(first, list(_VERBS), n=1)
-            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            raise click.UsageError(f"unknown command {first!r}{hint}", ctx)
-        return super().resolve_command(ctx, args)
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            target = _VERBS.get(cmd_name)
+            if target is None or not self._available(cmd_name):
+                return None
+            module, attr = target.split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            return cmd
+
+        def resolve_command(self, ctx: click.Context,
+                            args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+            first = args[0] if args else ""
+            if first not in _VERBS and _looks_like_build_arg(first):
+                build = self.get_command(ctx, "build")
+                if build is not None:
+                    return "build", build, args
+            if first and first not in _VERBS:
+                import difflib
+
+                guess = difflib.get_close_matches(first, list(_VERBS), n=1)
+                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                raise click.UsageError(f"unknown command {first!r}{hint}", ctx)
+            return super().resolve_command(ctx, args)
+
+    @click.group(cls=_LazyGroup, invoke_without_command=True,
+                 context_settings={"help_option_names": ["-h", "--help"],
+                                   "ignore_unknown_options": True,
+                                   "allow_interspersed_args": False})
+    @click.option("--root", type=click.Path(file_okay=False), envvar="PYBUILD_ROOT",
+                  help="Store directory (default: /var/lib/pybuild as root, else $XDG_DATA_HOME/pybuild).")
+    @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+    @click.option("--version", "show_version", is_flag=True, help="Print the version and exit.")
+    @click.pass_context
+    def cli(ctx: click.Context, root: str | None, debug: bool, show_version: bool) -> None:
+        """pybuild: build, run, push and pull container images without a daemon.
+
+        `pybuild -t app:1.0 .` is short for `pybuild build -t app:1.0 .`.
+        """
+        ctx.obj = Globals(root=root, debug=debug)
+        if debug:
+            import logging
+
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        if show_version:
+            _print_version(debug)
+            ctx.exit(0)
+        if ctx.invoked_subcommand is None:
+            click.echo(ctx.get_help())
+
+    return cli
+
+
+_CLI: Any = None
+
+
+def _cli() -> Any:
+    global _CLI
+    if _CLI is None:
+        _CLI = _make_cli()
+    return _CLI
+
+
+def __getattr__(name: str) -> Any:
+    """``builder.cli.cli``, the click group, for whoever wants it (PEP 562)."""
+    if name == "cli":
+        return _cli()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _print_version(debug: bool) -> None:
+    import click
+
     click.echo(f"pybuild version {VERSION}")
     if debug:
         for pkg in ("builder", "grammar", "registry", "runtime"):
@@ -117,57 +170,69 @@ def _print_version(debug: bool) -> None:
         click.echo(f"  python: {sys.executable} {sys.version.split()[0]}")
 
 
-@click.group(cls=_LazyGroup, invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"],
-                               "ignore_unknown_options": True,
-                               "allow_interspersed_args": False})
-@click.option("--root", type=click.Path(file_okay=False), envvar="PYBUILD_ROOT",
-              help="Store directory (default: /var/lib/pybuild as root, else $XDG_DATA_HOME/pybuild).")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
-@click.option("--version", "show_version", is_flag=True, help="Print the version and exit.")
-@click.pass_context
-def cli(ctx: click.Context, root: str | None, debug: bool, show_version: bool) -> None:
-    """pybuild: build, run, push and pull container images without a daemon.
-
-    `pybuild -t app:1.0 .` is short for `pybuild build -t app:1.0 .`.
-    """
-    ctx.obj = Globals(root=root, debug=debug)
-    if debug:
-        import logging
-
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
-    if show_version:
-        _print_version(debug)
-        ctx.exit(0)
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+def _err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _present(exc: BaseException) -> None:
     text = exc.render() if isinstance(exc, ParseError) else str(exc)
-    click.echo(f"error: {text}", err=True)
+    _err(f"error: {text}")
     hint = getattr(exc, "hint", None)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        _err(f"hint: {hint}")
+
+
+def _verb(args: list[str]) -> str | None:
+    """The verb of a command line (the first word after the group's own options)."""
+    i = 0
+    while i < len(args):
+        if args[i] == "--root":
+            i += 2
+        elif args[i].startswith("--root=") or args[i] == "--debug":
+            i += 1
+        else:
+            return args[i]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (docker's/podman's conventions)."""
+    """Run the CLI; returns the process exit code (docker's/podman's conventions).
+
+    As the program itself (``argv`` None: the console script, ``python -m builder``), a
+    foreground ``run`` ends the process here once its output is flushed: the interpreter's
+    own teardown of every imported module (~15 ms) would only delay the container's exit
+    code, and nothing on that path needs atexit handlers (no threads, no temp files)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    code = _main(args)
+    if argv is None and _verb(args) == "run":
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _main(args: list[str]) -> int:
     debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
     try:
-        rv: Any = cli.main(args=args, prog_name="pybuild", standalone_mode=False)
-        return int(rv or 0) if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.UsageError as exc:
-        exc.show()
-        return UNKNOWN_ERROR  # docker and podman exit 125 on flag errors
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("aborted", err=True)
+        if _verb(args) == "run":
+            from builder.commands.run import run_fast
+
+            code = run_fast(args)          # None: click must read this command line
+            if code is not None:
+                return code
+        return _click_main(args)
+    except KeyboardInterrupt:
+        _err("aborted")
         return 130
     except BrokenPipeError:
         # stdout closed early (`pybuild images | head`): not an error worth a traceback.
@@ -181,10 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug notice, exit 125
         if debug:
             raise
-        click.echo(f"error: internal error ({type(exc).__name__}: {exc})", err=True)
-        click.echo("hint: this is a pybuild bug; re-run with --debug for the traceback and report it",
-                   err=True)
+        _err(f"error: internal error ({type(exc).__name__}: {exc})")
+        _err("hint: this is a pybuild bug; re-run with --debug for the traceback and report it")
         return UNKNOWN_ERROR
+
+
+def _click_main(args: list[str]) -> int:
+    import click
+
+    try:
+        rv: Any = _cli().main(args=args, prog_name="pybuild", standalone_mode=False)
+        return int(rv or 0) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        return UNKNOWN_ERROR  # docker and podman exit 125 on flag errors
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _err("aborted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def image_config(state: StageState, *, labels: Mapping[str, str] | None = None,
     config = state.config
     if labels:
         config = replace(config, labels={**config.labels, **labels})
-    history = list(state.history)
+    history = _meta_times(list(state.history), int(state.extra.get("base_history", 0)))
     if epoch is not None:
         stamp = rfc3339(epoch)
         history = [replace(h, created=stamp) for h in history]
@@ -51,6 +51,27 @@ def image_config(state: StageState, *, labels: Mapping[str, str] | None = None,
     return ImageConfig(architecture=arch, os=os_name, config=config,
                        diff_ids=tuple(state.diff_ids), history=tuple(_fix_history(history, state)),
                        created=created, author=state.author, variant=variant or None)
+
+
+def _meta_times(history: list[History], start: int) -> list[History]:
+    """Metadata entries of this build take the time of the next layer step (as if written
+    with it), else of the last one: stable across cached rebuilds, never the base's age."""
+    out = list(history)
+    pending: list[int] = []
+    last: str | None = None
+    for i in range(start, len(out)):
+        h = out[i]
+        if h.empty_layer and h.comment == "pybuild.dockerfile.v0":
+            pending.append(i)
+            continue
+        last = h.created
+        for j in pending:
+            out[j] = replace(out[j], created=h.created)
+        pending = []
+    if last is not None:
+        for j in pending:
+            out[j] = replace(out[j], created=last)
+    return out
 
 
 def _fix_history(history: Sequence[History], state: StageState) -> list[History]:

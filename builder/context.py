@@ -202,6 +202,16 @@ class BuildContext:
             if is_dir:
                 self._walk(path, child_state, out, [])
 
+    def stat_fingerprint(self) -> str:
+        """A digest of what is sent, by metadata only (path, type, mode, size, inode, mtime,
+        ctime, link target): equal fingerprints mean an unchanged context. Never a cache key
+        (a touched file changes it); used to skip a build whose inputs did not move."""
+        h = hashlib.sha256()
+        for path, e in self.entries().items():
+            h.update(f"{path}\0{e.kind}\0{e.mode}\0{e.size}\0{e.ino}\0{e.mtime_ns}\0{e.ctime_ns}"
+                     f"\0{e.linkname}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
     def decide(self, rel: str) -> Decision:
         """Why ``rel`` is sent or not (the deciding .dockerignore pattern, if any)."""
         rel = self.clean(rel)

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +27,7 @@ from builder.errors import BuildError, ContextError, StageNotFound, StepFailed
 from builder.options import BuildOptions
 from builder.plan import BuildPlan, PlanStage, make_plan, resolve_stage_name
 from builder.records import BuildRecord, Records, StepRecord
+from builder.result import BuildResult
 from builder.state import LayerRef, StageState
 from builder.steps import StepEnv, handler_for
 from grammar import ast
@@ -36,32 +37,6 @@ from registry.model import ContainerConfig, Descriptor, History, ImageConfig, Ma
 from registry.store import DirStore
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-@dataclass
-class BuildResult:
-    image_id: str                      # config digest (docker's image ID)
-    manifest: Descriptor
-    record: BuildRecord
-    tags: tuple[str, ...] = ()
-    config: ImageConfig | None = None
-    pushed: dict[str, str] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        """The --metadata-file document (buildx's keys plus pybuild's per-step details)."""
-        return {
-            "containerimage.digest": str(self.manifest.digest),
-            "containerimage.config.digest": self.image_id,
-            "containerimage.descriptor": self.manifest.to_dict(),
-            "image.name": ",".join(self.tags),
-            "pybuild.build.id": self.record.id,
-            "pybuild.steps": [
-                {"index": s.index, "stage": s.stage, "instruction": s.instruction,
-                 "status": s.status, "key": s.key, "duration": round(s.duration, 4),
-                 "layer": s.layer, "layer_size": s.layer_size, "reasons": s.reasons}
-                for s in self.record.steps],
-            "pybuild.pushed": self.pushed,
-        }
 
 
 @dataclass
@@ -92,6 +67,8 @@ class Engine:
         self._prev: dict[tuple[str, int], str] = {}
         self._remote: Any = None
         self._stage_labels: dict[int, str] = {}
+        self.resolved_images: dict[str, str] = {}   # image text as written -> manifest digest
+        self.flags: dict[str, bool] = {}              # "volatile": an input the memo cannot check
         self.plan: BuildPlan | None = None
         self.record: BuildRecord | None = None
 
@@ -205,12 +182,9 @@ class Engine:
                           args={k: v for k, v in self.opts.build_args.items() if k not in PROXY_ARGS},
                           platform=plat.platform)
         self.record = rec
-        for w in df.warnings:
-            rec.warnings.append(str(w))
-            self.progress.emit(ev.Note(str(w), "warning"))
-        for w in plan.warnings:
-            rec.warnings.append(w)
-            self.progress.emit(ev.Note(w, "warning"))
+        for message in [str(w) for w in df.warnings] + list(plan.warnings):
+            rec.warnings.append(message)
+            self.progress.emit(ev.Note(message, "warning"))
         prev = self.records.closest_before(rec)
         if prev is not None:
             self._prev = {(s.stage, s.stage_step): s.key for s in prev.steps if s.key}
@@ -319,7 +293,7 @@ class Engine:
                        named_context=self.named_context, snapshotter=self.snapshotter,
                        stage_state=self.stage_state, image_state=self.image_state,
                        ensure_snapshot=self.ensure_snapshot, epoch=self.epoch,
-                       codec=self.opts.compression)
+                       codec=self.opts.compression, flags=self.flags)
 
     # -- stages ----------------------------------------------------------------------------------
     def _resolve_image(self, text: str, span: ast.Span | None) -> tuple[Any, bool]:
@@ -337,7 +311,9 @@ class Engine:
             raise BuildError(f"invalid image reference {text!r}: {exc}", span=span) from None
         if not self.opts.pull:
             try:
-                return resolve_image(self.store, str(ref), platform=platform), False
+                image = resolve_image(self.store, str(ref), platform=platform)
+                self.resolved_images[str(ref)] = str(image.digest)
+                return image, False
             except ImageNotFound:
                 pass
         self.progress.emit(ev.Note(f"pulling {ref.familiar()}"))
@@ -347,7 +323,9 @@ class Engine:
             raise BuildError(f"image {ref.familiar()!r} is not in the local store and pulling is not "
                              "available", span=span) from None
         pull(self.store, ref, platform=platform)
-        return resolve_image(self.store, str(ref), platform=platform), True
+        image = resolve_image(self.store, str(ref), platform=platform)
+        self.resolved_images[str(ref)] = str(image.digest)
+        return image, True
 
     def _image_state(self, image: Any, index: int, name: str) -> StageState:
         cfg: ImageConfig = image.config
@@ -360,7 +338,7 @@ class Engine:
         return StageState(name=name, index=index, platform=self.plan.platforms.platform, key=key,
                           config=config, layers=layers, history=list(cfg.history),
                           author=cfg.author, base_name=name, base_digest=str(image.digest),
-                          extra={"created": cfg.created})
+                          extra={"created": cfg.created, "base_history": len(cfg.history)})
 
     def _prepare_stage(self, stage: PlanStage) -> _StagePrep:
         """Resolve the base (pull if needed) and read its ONBUILD triggers."""
@@ -388,6 +366,7 @@ class Engine:
             def from_stage() -> StageState:
                 src = self._results[parent_idx].copy()
                 src.name, src.index = label, stage.index
+                src.extra["base_history"] = len(src.history)
                 src.args, src.proxy, src.cmd_set = {}, {}, False
                 return src
 
@@ -625,20 +604,11 @@ def _parse_triggers(triggers: tuple[str, ...] | list[str], span: ast.Span) -> li
     return out
 
 
-def build_image(store: DirStore, opts: BuildOptions, progress: ev.Progress) -> BuildResult:
-    """Run a build; raises BuildError/ParseError/RegistryError/SandboxError with a location."""
+def run_engine(store: DirStore, opts: BuildOptions, progress: ev.Progress) -> tuple[BuildResult, Engine]:
+    """Run a build through the engine (no memo, no outputs); holds the store lock shared."""
     with store.lock(shared=True):
         engine = Engine(store, opts, progress)
-        result = engine.build()
-    if opts.push:
-        from builder.outputs import push_tags
-
-        result.pushed = push_tags(store, result, progress)
-    if opts.outputs:
-        from builder.outputs import write_outputs
-
-        write_outputs(store, result, opts.outputs, progress)
-    return result
+        return engine.build(), engine
 
 
-__all__ = ["BuildResult", "Engine", "StageNotFound", "build_image"]
+__all__ = ["BuildResult", "Engine", "StageNotFound", "run_engine"]

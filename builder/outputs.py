@@ -24,7 +24,7 @@ from builder.options import OutputSpec
 from registry.store import DirStore
 
 if TYPE_CHECKING:
-    from builder.engine import BuildResult
+    from builder.result import BuildResult
 
 
 def push_tags(store: DirStore, result: BuildResult, progress: ev.Progress) -> dict[str, str]:

@@ -219,7 +219,7 @@ def make_plan(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | Non
                 used.update(name for name, _ in ins.args if name in args)
     unused = frozenset(k for k in args if k not in used and k not in PROXY_ARGS
                        and k not in plat.args())
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if unused:
         warnings = (f"one or more build args were not consumed: {', '.join(sorted(unused))}",)
     return BuildPlan(dockerfile, kept, tuple(numbered), tidx, meta, args, plat, step - 1, unused, warnings)

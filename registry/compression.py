@@ -96,9 +96,24 @@ def sniff(head: bytes) -> Codec:
 
 def compressor(out: Writable, codec: Codec, *, level: int | None = None) -> BinaryIO:
     """A writable whose ``close()`` finishes the compressed stream (``out`` stays open)."""
+    stream, reblock = _codec_stream(out, codec, level)
+    return cast(BinaryIO, _Reblock(stream)) if reblock else stream
+
+
+def block_compressor(out: Writable, codec: Codec, *, level: int | None = None) -> BinaryIO:
+    """The bare codec stream under ``compressor``, for a caller that already writes what
+    ``_Reblock`` would pass on: ``REBLOCK``-byte writes, only the last one shorter. Fed that
+    way it gives the same bytes as ``compressor`` (registry.layertar's block writer uses it
+    to skip one copy of every block). ``close()`` finishes the stream; ``out`` stays open.
+    """
+    return _codec_stream(out, codec, level)[0]
+
+
+def _codec_stream(out: Writable, codec: Codec, level: int | None) -> tuple[BinaryIO, bool]:
+    """(the codec's writer into ``out``, whether its output depends on write sizes)."""
     sink = _NoClose(out)
     if codec == "none":
-        return cast(BinaryIO, io.BufferedWriter(sink, buffer_size=1 << 20))
+        return cast(BinaryIO, io.BufferedWriter(sink, buffer_size=1 << 20)), False
     if codec == "gzip":
         try:
             from isal import igzip
@@ -106,17 +121,17 @@ def compressor(out: Writable, codec: Codec, *, level: int | None = None) -> Bina
             import gzip
 
             return cast(BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=cast(Any, sink),
-                                                compresslevel=level or 6, mtime=0))
+                                                compresslevel=level or 6, mtime=0)), False
         factory: Any = igzip.IGzipFile  # untyped in isal's stubs
         gz = factory(filename="", mode="wb", fileobj=sink,
                      compresslevel=GZIP_LEVEL if level is None else level, mtime=0)
-        return cast(BinaryIO, _Reblock(gz))
+        return cast(BinaryIO, gz), True
     if codec == "zstd":
         import zstandard
 
         cctx = zstandard.ZstdCompressor(level=level or ZSTD_LEVEL, threads=ZSTD_THREADS,
                                         write_content_size=False)
-        return cast(BinaryIO, cctx.stream_writer(cast(Any, sink), closefd=False))
+        return cast(BinaryIO, cctx.stream_writer(cast(Any, sink), closefd=False)), False
     raise ValueError(f"unknown codec {codec!r}")
 
 

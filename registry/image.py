@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import functools
 import io
-import platform as _platform
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 from registry import mediatypes as mt
 from registry.compression import Codec, codec_of, decompressor
@@ -35,6 +34,12 @@ from registry.model import Descriptor, ImageConfig, Index, Manifest, Platform
 from registry.reference import Reference, parse_reference
 from registry.store import REF_NAME, DirStore
 
+if TYPE_CHECKING:
+    from datetime import datetime
+
+# (platform and datetime are not imported here: `pybuild run` resolves an image on its start-up
+# path; os.uname() is what platform.machine() reads, and only listings parse times)
+
 _HEX_PREFIX = re.compile(r"^[a-f0-9]{1,64}$")
 NONE = "<none>"
 
@@ -45,7 +50,7 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm
 # -- platforms ---------------------------------------------------------------------------
 def default_platform() -> Platform:
     """The host's platform as image indexes spell it (linux/amd64, linux/arm64/v8, linux/arm/v7)."""
-    machine = _platform.machine()
+    machine = os.uname().machine
     arch = _ARCH.get(machine, machine)
     variant = {"arm64": "v8", "armv7l": "v7", "armv6l": "v6"}.get(machine if arch == "arm" else arch)
     return Platform("linux", arch, variant)
@@ -280,6 +285,8 @@ def parse_time(text: str | None) -> datetime | None:
     if m:
         frac = (m.group(2) or "")[:7]
         value = m.group(1) + frac + (m.group(3) or "Z").replace("Z", "+00:00")
+    from datetime import datetime
+
     try:
         return datetime.fromisoformat(value)
     except ValueError:

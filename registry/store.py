@@ -20,10 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
-import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +54,12 @@ STALE_RESUMABLE_SECONDS = 7 * 24 * 3600  # resumable partial downloads older tha
 _HELD = threading.local()
 
 
+def _token(nbytes: int) -> str:
+    """Random hex for temporary names (secrets.token_hex without importing secrets: every
+    pybuild command imports this module, so its imports are kept to what it always needs)."""
+    return os.urandom(nbytes).hex()
+
+
 def default_root() -> Path:
     """$PYBUILD_ROOT, else /var/lib/pybuild for root, else $XDG_DATA_HOME/pybuild."""
     env = os.environ.get("PYBUILD_ROOT")
@@ -78,7 +81,7 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` via temp + fsync + rename (+ fsync of the directory)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{_token(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -299,7 +302,7 @@ class DirStore:
     def _ingest(self, expected: Digest | None, size: int | None,
                 resume_key: str | None) -> Iterator[BlobWriter]:
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
-        name = f"k-{resume_key}" if resume_key else f"t-{secrets.token_hex(12)}"
+        name = f"k-{resume_key}" if resume_key else f"t-{_token(12)}"
         path = self.ingest_dir / name
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         if not resume_key:
@@ -482,6 +485,8 @@ class DirStore:
                 try:
                     if entry.name.startswith("t-"):
                         if entry.is_dir(follow_symlinks=False):
+                            import shutil
+
                             shutil.rmtree(path)
                         else:
                             path.unlink()
@@ -503,6 +508,8 @@ class DirStore:
     def spool_dir(self) -> contextlib.AbstractContextManager[str]:
         """A private temporary directory under ingest/ (same filesystem as the blobs, so
         spooled files can be renamed in); removed on exit, swept by gc after a crash."""
+        import tempfile
+
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
         return tempfile.TemporaryDirectory(prefix="t-spool-", dir=self.ingest_dir)
 

@@ -410,8 +410,15 @@ class ContainerStore:
             return []
 
     def list_all(self) -> list[Container]:
-        """All containers, newest first."""
-        out = [Container(self, cid) for cid in self.ids()]
+        """All containers whose record can be read, newest first."""
+        out = []
+        for cid in self.ids():
+            c = Container(self, cid)
+            try:
+                c.record  # noqa: B018 - loads and caches the record
+            except (ContainerError, ValueError, OSError):
+                continue
+            out.append(c)
         out.sort(key=lambda c: c.record.created, reverse=True)
         return out
 

@@ -87,12 +87,12 @@ def _entry(rel: str, full: str, st: os.stat_result, ids: IdMap,
             if first is not None:
                 return TarEntry(rel, "hardlink", linkname=first, **common)  # type: ignore[arg-type]
             links[ident] = rel
-        return TarEntry(rel, "file", size=st.st_size, source=Path(full), xattrs=_xattrs(full),
+        return TarEntry(rel, "file", size=st.st_size, source=full, xattrs=_xattrs(full),
                         **common)  # type: ignore[arg-type]
     if fmt == stat.S_IFDIR:
         return TarEntry(rel, "dir", xattrs=_xattrs(full), **common)  # type: ignore[arg-type]
     if fmt == stat.S_IFLNK:
-        return TarEntry(rel, "symlink", linkname=str(Path(full).readlink()), **{**common, "mode": 0o777})  # type: ignore[arg-type]
+        return TarEntry(rel, "symlink", linkname=os.readlink(full), **{**common, "mode": 0o777})  # type: ignore[arg-type]  # noqa: PTH115
     if fmt in (stat.S_IFCHR, stat.S_IFBLK):
         return TarEntry(rel, "char" if fmt == stat.S_IFCHR else "block", devmajor=os.major(st.st_rdev),
                         devminor=os.minor(st.st_rdev), xattrs=_xattrs(full), **common)  # type: ignore[arg-type]

@@ -850,7 +850,8 @@ def iter_containers(root: Path, *, all_: bool = True) -> Iterator[Container]:
     for c in container_store(root).list_all():
         try:
             live = c.state().status in LIVE
-        except ContainerError:
+            c.record  # noqa: B018 - a record that cannot be read is skipped, not fatal
+        except (ContainerError, ValueError, OSError):
             continue
         if all_ or live:
             yield c

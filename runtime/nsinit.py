@@ -1,8 +1,10 @@
 """runtime/nsinit.py: runs *inside* the new namespaces; started by runtime.sandbox as
 ``python -I -S -c <boot>`` (== ``python -I -m runtime.nsinit`` with the package root pinned).
 
-Pipes (fd numbers on argv): ``ctl`` parent->child (length-prefixed JSON), ``msg`` child->
-parent (JSON lines, each < PIPE_BUF so the shim's and PID 1's writes never interleave),
+Pipes (fd numbers on argv): ``ctl`` parent->child (length-prefixed marshal frames: plain
+dicts/lists/strings/numbers, decoded without importing json), ``msg`` child->parent (JSON
+lines, written by a small encoder here, each < PIPE_BUF so the shim's and PID 1's writes
+never interleave),
 ``fifo`` (held only by PID 1, close-on-exec: EOF = the command was exec'd or PID 1 died),
 ``console`` (a socket; only with a tty: the pty master travels over it with SCM_RIGHTS).
 
@@ -11,9 +13,11 @@ parent (JSON lines, each < PIPE_BUF so the shim's and PID 1's writes never inter
     setsid; unshare(USER|NS|PID|UTS|IPC[|NET])
     fork ─────────────────────────────► waits for "go"
     {"type": "pid", "pid": N}  ──────────────────────────────────────►  write uid/gid maps,
-                                                                        add N to the cgroup,
+                                                                        add N to the cgroup
+                                                                        (v2, user namespace),
                                                                         prestart hook
                                         ◄──────────────────────────────  {"type": "go"}
+                                        join the cgroup (v1: "0" > tasks);
                                         setresuid(0); mounts (rootfs, /proc, /dev, /sys, binds,
                                         all targets resolved with openat2(RESOLVE_IN_ROOT));
                                         hostname; loopback up; pivot_root; masked/readonly
@@ -26,7 +30,9 @@ parent (JSON lines, each < PIPE_BUF so the shim's and PID 1's writes never inter
 
 Modes: "run" (above), "apply" (run runtime.fileops.execute on a mounted rootfs in a private
 mount [+user] namespace, no pivot), "runtime" (mount the rootfs privately, then exec runc/crun
-on the bundle). Imports: stdlib + runtime._syscalls only at module scope (startup matters).
+on the bundle). Imports: stdlib + runtime._syscalls only at module scope, and not json or
+typing either: every container start waits for this interpreter (the parent may spawn it
+early, ``sandbox.spawn_child``, and it then sits on the ctl pipe until the config arrives).
 """
 
 # ruff: noqa: PTH103, PTH106, PTH108, PTH110, PTH112, PTH116, PTH118, PTH119, PTH120, PTH208, S606
@@ -35,15 +41,18 @@ on the bundle). Imports: stdlib + runtime._syscalls only at module scope (startu
 
 from __future__ import annotations
 
-import json
+import _signal as signal  # the C module: signal.py builds its IntEnums (+ enum) at import
+import marshal
 import os
-import signal
 import stat
 import sys
 import time
-from typing import Any
 
 from runtime import _syscalls as sc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT, signal.SIGWINCH, signal.SIGPROF,
@@ -64,8 +73,51 @@ class Failure(Exception):
 
 
 # -- the pipes ---------------------------------------------------------------------------------
+_ESCAPES = {i: f"\\u{i:04x}" for i in (*range(32), 0x7F)}
+_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r",
+                 ord("\t"): "\\t", ord("\b"): "\\b", ord("\f"): "\\f"})
+
+
+def _quote(text: str) -> str:
+    text = text.translate(_ESCAPES)
+    if not text.isascii():      # as json.dumps: \uXXXX (surrogate pairs above the BMP)
+        out = []
+        for ch in text:
+            n = ord(ch)
+            if n < 0x80:
+                out.append(ch)
+            elif n < 0x10000:
+                out.append(f"\\u{n:04x}")
+            else:
+                n -= 0x10000
+                out.append(f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}")
+        text = "".join(out)
+    return '"' + text + '"'
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON for the messages to the parent (json.dumps' output for these types)."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return str(int(obj))
+    if isinstance(obj, str):
+        return _quote(obj)
+    if isinstance(obj, dict):
+        return "{" + ",".join(_quote(str(k)) + ":" + dumps(v) for k, v in obj.items()) + "}"
+    if isinstance(obj, list | tuple):
+        return "[" + ",".join(dumps(v) for v in obj) + "]"
+    if isinstance(obj, float) and obj == obj and obj not in (float("inf"), float("-inf")):
+        return repr(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
 def send(fd: int, obj: dict[str, Any]) -> None:
-    data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    data = dumps(obj).encode() + b"\n"
     while data:
         n = os.write(fd, data)
         data = data[n:]
@@ -82,15 +134,17 @@ def _read_exact(fd: int, n: int) -> bytes:
 
 
 def recv_frame(fd: int) -> dict[str, Any]:
-    """One length-prefixed JSON frame (``%08x`` length, then the document)."""
+    """One length-prefixed frame (``%08x`` length, then the marshal-encoded document)."""
     size = int(_read_exact(fd, 8), 16)
-    doc = json.loads(_read_exact(fd, size))
-    assert isinstance(doc, dict)
+    doc = marshal.loads(_read_exact(fd, size))  # noqa: S302 - written by our parent alone
+    if not isinstance(doc, dict):
+        raise ValueError("control frame is not a document")
     return doc
 
 
 def encode_frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    """The frame ``recv_frame`` reads (runtime.sandbox writes the same format)."""
+    body = marshal.dumps(obj, 4)
     return b"%08x" % len(body) + body
 
 
@@ -267,9 +321,24 @@ def mount_rootfs(mounts: list[dict[str, Any]], target: str) -> None:
 
                 mount_all([Mount(mtype, source, tuple(m.get("options") or ()))], target)
             else:
-                sc.mount(source, target, mtype, flags, opts)
+                try:
+                    sc.mount(source, target, mtype, flags, opts)
+                except OSError as exc:
+                    _explain_volatile(exc, data)
+                    raise
         if prop:
             sc.mount(None, target, None, prop)
+
+
+def _explain_volatile(exc: OSError, data: list[str]) -> None:
+    """A ``volatile`` overlay (an ephemeral `run --rm` layer) can be mounted once only: say so."""
+    if exc.errno != 22 or "volatile" not in data:
+        return
+    work = next((o[len("workdir="):] for o in data if o.startswith("workdir=")), "")
+    if work and os.path.isdir(os.path.join(work.replace("\\", ""), "work", "incompat", "volatile")):
+        raise Failure("mount rootfs", "the container's writable layer was mounted already (it is "
+                      "ephemeral: a `run --rm` layer, mounted overlay 'volatile' once) and cannot be "
+                      "mounted again; remove the container", 22) from None
 
 
 def do_mount(root: Root, m: dict[str, Any], *, nodev: bool) -> None:
@@ -636,6 +705,15 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
         os.close(fds["ctl"])
         if go.get("type") != "go":
             os._exit(1)
+        for path in cfg.get("cgroup_join") or ():
+            # into the container's cgroup before anything else (this process is single-
+            # threaded: moving the thread moves the process); see CgroupV1.self_join_files
+            stage = "join cgroup"
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         if userns:
             stage = "become root in the user namespace"
             os.setresgid(0, 0, 0)
@@ -717,8 +795,8 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
             resource.setrlimit(getattr(resource, rl["type"]), (int(rl["soft"]), int(rl["hard"])))
 
         # the shim removes the stubs once the container is gone (a build step's diff stays clean)
-        os.write(stubs_w, json.dumps({"stubs": [] if read_only else root.stubs,
-                                      "times": {} if read_only else root.times}).encode())
+        os.write(stubs_w, marshal.dumps({"stubs": [] if read_only else root.stubs,
+                                         "times": {} if read_only else root.times}, 4))
         os.close(stubs_w)
         if read_only:
             stage = "read-only rootfs"
@@ -937,8 +1015,9 @@ def cleanup_stubs(fd: int) -> None:
     finally:
         os.close(fd)
     try:
-        doc = json.loads(data) if data else {}
-    except ValueError:
+        # written by PID 1 before it exec'd (the container never holds this pipe)
+        doc = marshal.loads(data) if data else {}  # noqa: S302
+    except (ValueError, EOFError, TypeError):
         return
     stubs, times = doc.get("stubs") or [], doc.get("times") or {}
     for path in reversed(stubs):
@@ -996,6 +1075,8 @@ def apply_mode(cfg: dict[str, Any], fds: dict[str, int]) -> None:
             result: Any = fileops.run_actions(list(action.get("actions") or ()), Path(root))
         else:
             result = fileops.execute(action, Path(root))
+        import json
+
         body = json.dumps({"type": "result", "value": result}, default=str).encode()
         if len(body) > 3500:
             path = cfg["result_file"]
@@ -1046,6 +1127,8 @@ def runtime_mode(cfg: dict[str, Any], fds: dict[str, int]) -> None:
             env = spec["process"]["env"]
             if not any(e.startswith("HOME=") for e in env):
                 env.append(f"HOME={home}")
+        import json
+
         with open(os.path.join(cfg["bundle"], "config.json"), "w") as f:
             json.dump(spec, f, indent=1)
         os.close(fds["ctl"])
@@ -1062,8 +1145,8 @@ def main(argv: list[str] | None = None) -> None:
     fds = {k: int(v) for k, _, v in (a.partition("=") for a in args) if v.isdigit()}
     try:
         cfg = recv_frame(fds["ctl"])
-    except (EOFError, ValueError):
-        os._exit(125)
+    except (EOFError, ValueError, TypeError):
+        os._exit(125)     # the parent gave up before sending a configuration
     mode = cfg.get("mode", "run")
     if mode == "run":
         run_mode(cfg, fds)

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import logging
-import secrets
+import os
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from registry.compression import open_sniffed
 from registry.digest import Digest
 from registry.model import Descriptor, ImageConfig, Manifest, chain_ids
-from registry.store import DirStore
 from runtime.errors import LayerError
-from runtime.snapshots import Mount, Snapshotter
-from runtime.unpack import RawAdapter, ReadAhead, UnpackStats
 
-log = logging.getLogger("pybuild." + __name__)
+if TYPE_CHECKING:
+    from registry.store import DirStore
+    from runtime.snapshots import Mount, Snapshotter
+    from runtime.unpack import UnpackStats
+
+# registry.compression, runtime.unpack and logging are imported only when a layer must be
+# unpacked: `pybuild run` of an image already unpacked never needs them (start-up time).
 
 EXTRACT_LABEL = "pybuild.extract"
 
@@ -66,6 +66,11 @@ def unpack_layer(store: DirStore, snapshotter: Snapshotter, key: str, desc: Desc
                  diff_id: Digest, *, rootless: bool | None = None) -> UnpackStats:
     """Stream blob ``desc`` from the store into active snapshot ``key``, verifying the blob
     digest and ``diff_id``. Raises DigestMismatch/LayerError; the caller removes ``key``."""
+    import io
+
+    from registry.compression import open_sniffed
+    from runtime.unpack import RawAdapter, ReadAhead
+
     with store.open(desc.digest) as raw:
         # The codec comes from the bytes, not the media type (docker sniffs too); the
         # diff_id check below still pins the content.
@@ -102,6 +107,11 @@ def ensure_chain_report(store: DirStore, snapshotter: Snapshotter, manifest: Man
     stats: list[UnpackStats] = []
     parent: str | None = None
     with store.lock(shared=True):
+        if chain and snapshotter.exists(chain[-1]):
+            # the common case (every run after the first): the top ChainID names the whole
+            # stack, and a committed snapshot cannot lose its ancestors (remove refuses a
+            # parent), so one lookup replaces one metadata read per layer
+            return ChainResult(chain[-1], tuple(chain), (), tuple(chain), time.perf_counter() - started)
         for desc, diff_id, key in zip(manifest.layers, config.diff_ids, chain, strict=True):
             if snapshotter.exists(key):
                 reused.append(key)
@@ -113,7 +123,7 @@ def ensure_chain_report(store: DirStore, snapshotter: Snapshotter, manifest: Man
                     parent = key
                     continue
                 _remove_stale_extracts(snapshotter, key)
-                tmp = f"extract-{secrets.token_hex(6)}-{key[7:19]}"
+                tmp = f"extract-{os.urandom(6).hex()}-{key[7:19]}"
                 snapshotter.prepare(tmp, parent, labels={EXTRACT_LABEL: key})
                 try:
                     t0 = time.perf_counter()
@@ -123,8 +133,11 @@ def ensure_chain_report(store: DirStore, snapshotter: Snapshotter, manifest: Man
                     with contextlib.suppress(Exception):
                         snapshotter.remove(tmp)
                     raise
-                log.info("unpacked layer %s (%d entries, %d bytes) in %.2fs", desc.digest,
-                         st.entries, st.bytes, time.perf_counter() - t0)
+                import logging
+
+                logging.getLogger("pybuild." + __name__).info(
+                    "unpacked layer %s (%d entries, %d bytes) in %.2fs", desc.digest, st.entries,
+                    st.bytes, time.perf_counter() - t0)
                 stats.append(st)
                 unpacked.append(key)
                 parent = key
@@ -142,15 +155,20 @@ def _remove_stale_extracts(snapshotter: Snapshotter, key: str) -> None:
 
 
 def ensure_chain(store: DirStore, snapshotter: Snapshotter, manifest: Manifest, *,
-                 rootless: bool | None = None) -> str | None:
+                 rootless: bool | None = None, config: ImageConfig | None = None) -> str | None:
     """The top ChainID key of the image's committed snapshot chain (None for no layers)."""
-    return ensure_chain_report(store, snapshotter, manifest, rootless=rootless).top
+    return ensure_chain_report(store, snapshotter, manifest, rootless=rootless, config=config).top
 
 
 def prepare_rootfs(store: DirStore, snapshotter: Snapshotter, manifest: Manifest, key: str, *,
-                   rootless: bool | None = None) -> list[Mount]:
-    """An active snapshot ``key`` on top of the image: the mounts of a container's rootfs."""
-    top = ensure_chain(store, snapshotter, manifest, rootless=rootless)
+                   rootless: bool | None = None, ephemeral: bool = False,
+                   config: ImageConfig | None = None) -> list[Mount]:
+    """An active snapshot ``key`` on top of the image: the mounts of a container's rootfs.
+    ``ephemeral``: see Snapshotter.prepare (the layer of a foreground ``run --rm``);
+    ``config``: the image config when the caller has it already (else read from the store)."""
+    top = ensure_chain(store, snapshotter, manifest, rootless=rootless, config=config)
+    if ephemeral:
+        return snapshotter.prepare(key, top, ephemeral=True)
     return snapshotter.prepare(key, top)
 
 

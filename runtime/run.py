@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,8 +34,8 @@ from runtime.errors import SandboxError, UnsupportedHost
 if TYPE_CHECKING:
     from registry.image import StoreImage
     from registry.store import DirStore
-    from runtime.sandbox import SandboxProcess
-    from runtime.snapshots import Snapshotter
+    from runtime.sandbox import Child, SandboxProcess
+    from runtime.snapshots import Mount, Snapshotter
 
 StdioArg = int | None
 
@@ -118,13 +117,16 @@ def open_snapshotter(store_root: Path, driver: str | None = None) -> Snapshotter
 
 
 def prepare_snapshot(store: DirStore, image: StoreImage, key: str,
-                     sn: Snapshotter | None = None) -> tuple[Snapshotter, list[Any]]:
+                     sn: Snapshotter | None = None, *,
+                     ephemeral: bool = False) -> tuple[Snapshotter, list[Any]]:
     """The image's layers as committed snapshots (unpacked once, ever) and an active snapshot
-    ``key`` on top; returns the snapshotter and the rootfs mounts."""
+    ``key`` on top; returns the snapshotter and the rootfs mounts. ``ephemeral``: see
+    Snapshotter.prepare (a foreground ``run --rm`` layer)."""
     from runtime import rootfs
 
     sn = sn or open_snapshotter(store.root)
-    mounts = rootfs.prepare_rootfs(store, sn, image.manifest, key)
+    mounts = rootfs.prepare_rootfs(store, sn, image.manifest, key, ephemeral=ephemeral,
+                                   config=image.config)
     return sn, list(mounts)
 
 
@@ -210,6 +212,12 @@ def create_container(store: DirStore, req: RunRequest, *,
                      notify: Callable[[str], None] | None = None) -> Container:
     """Resolve (or pull) the image, prepare its rootfs snapshot, write the record and the OCI
     bundle. The container is in state "created"; nothing runs yet."""
+    return _create(store, req, notify=notify)[0]
+
+
+def _create(store: DirStore, req: RunRequest, *, notify: Callable[[str], None] | None = None,
+            ephemeral: bool = False) -> tuple[Container, dict[str, Any], list[Mount]]:
+    """create_container, also returning the OCI spec and the rootfs mounts it wrote."""
     image = resolve_or_pull(store, req.image, req.pull, platform=req.platform, notify=notify)
     config = image.config.config
     opts = req.options
@@ -222,7 +230,7 @@ def create_container(store: DirStore, req: RunRequest, *,
     cstore = ContainerStore(store.subdir("containers"))
     cid = cstore.new_id()
     if network == "host" and opts.hostname is None:
-        opts = replace(opts, hostname=socket.gethostname())
+        opts = replace(opts, hostname=os.uname().nodename)     # socket.gethostname()
     hostname = opts.hostname or cid[:12]
     opts = replace(opts, hostname=hostname)
     mounts = tuple(req.mounts)
@@ -250,7 +258,7 @@ def create_container(store: DirStore, req: RunRequest, *,
     record = replace(record, snapshotter=getattr(sn, "driver", ""))
     c = cstore.create(record)
     try:
-        prepare_snapshot(store, image, key, sn)
+        _, rootfs_mounts = prepare_snapshot(store, image, key, sn, ephemeral=ephemeral)
         write_etc_files(c, hostname, network=network)
         spec = build_container_spec(store.root, c, config, opts, idmap)
         bundle = c.path("bundle")
@@ -260,7 +268,7 @@ def create_container(store: DirStore, req: RunRequest, *,
         with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort undo
             _remove(store.root, c)
         raise
-    return c
+    return c, spec, rootfs_mounts
 
 
 def _remove(store_root: Path, c: Container) -> None:
@@ -346,10 +354,22 @@ def _network_prestart(store_root: Path, c: Container,
 
 def run_image(store: DirStore, req: RunRequest, *, stdio: Sequence[StdioArg] = (None, None, None),
               notify: Callable[[str], None] | None = None,
-              created: Callable[[Container], None] | None = None) -> int:
+              created: Callable[[Container], None] | None = None,
+              child: Child | None = None) -> int:
     """`pybuild run` in the foreground: returns the container's exit code (128+n for a signal);
-    raises SandboxError subclasses for pybuild's own failures (exit 125/126/127)."""
-    c = create_container(store, req, notify=notify)
+    raises SandboxError subclasses for pybuild's own failures (exit 125/126/127).
+
+    ``child``: a sandbox child spawned early (``sandbox.spawn_foreground``, same interactive/
+    tty choice as ``req``), so its interpreter start-up overlapped the work here; consumed.
+    With ``req.rm`` the writable layer is ephemeral (no fsyncs, overlay 'volatile'): it is
+    mounted once, by this run, and removed when the container exits."""
+    try:
+        c, spec, mounts = _create(store, req, notify=notify,
+                                  ephemeral=req.rm and not req.runtime)
+    except BaseException:
+        if child is not None:
+            child.close()
+        raise
     if created is not None:
         created(c)
     root = store.root
@@ -363,13 +383,14 @@ def run_image(store: DirStore, req: RunRequest, *, stdio: Sequence[StdioArg] = (
 
             populate_volumes(root, c)     # docker's copy-up of image content into new volumes
         if req.runtime:
+            if child is not None:
+                child.close()
+                child = None
             code = _run_with_runtime(root, c, req, stdio)
             return code
         from runtime import sandbox
 
-        spec = json.loads(c.path("bundle/config.json").read_bytes())
-        mounts = open_snapshotter(root, c.record.snapshotter or None).mounts(c.record.snapshot_key)
-        if not req.interactive and not req.options.tty:
+        if not req.interactive and not req.options.tty and child is None:
             stdio = (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), *stdio[1:])
 
         def on_start(proc: SandboxProcess) -> None:
@@ -380,7 +401,9 @@ def run_image(store: DirStore, req: RunRequest, *, stdio: Sequence[StdioArg] = (
         try:
             status = sandbox.run(spec, rootfs_mounts=mounts, stdio=stdio, interactive=req.interactive,
                                  cgroup_name=f"pybuild-{c.id}", on_start=on_start,
-                                 prestart=_network_prestart(root, c, closers), console="pty")
+                                 prestart=_network_prestart(root, c, closers), console="pty",
+                                 child=child)
+            child = None
         finally:
             if stdio[0] is not None and stdio[0] > 2:
                 os.close(stdio[0])
@@ -391,6 +414,8 @@ def run_image(store: DirStore, req: RunRequest, *, stdio: Sequence[StdioArg] = (
         code = exc.exit_code
         raise
     finally:
+        if child is not None:
+            child.close()           # not handed to the sandbox (a failure before the start)
         for close in closers:
             with contextlib.suppress(Exception):  # noqa: BLE001 - teardown goes on
                 close()

@@ -9,6 +9,9 @@ Public API (used by runtime.run, the builder's RUN/COPY steps and the lifecycle 
   ``SandboxProcess.pid`` is the host pid of the container's PID 1, ``.wait() -> ExitStatus``,
   ``.signal(n)``, ``.kill()``, ``.resize(rows, cols)``, ``.cgroup``, ``.console`` (pty master).
 - ``run(spec, ...) -> ExitStatus``: start + signal forwarding (+ pty relay with a terminal) + wait.
+- ``spawn_child(stdio=..., terminal=...) -> Child`` (or ``spawn_foreground`` for `pybuild run`):
+  start the nsinit interpreter *before* the container is known, so its start-up overlaps the
+  caller's own work (image lookup, snapshot, record); pass it to ``start``/``run`` as ``child=``.
 - ``apply(action, root=..., rootfs_mounts=..., idmap=...)``: run ``runtime.fileops.execute``
   (COPY/ADD/WORKDIR file actions) on the mounted rootfs inside a private mount namespace (and
   the user namespace when rootless); returns what execute returned.
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
-import secrets
 import select
 import signal
 import subprocess
@@ -85,8 +88,18 @@ class _Lines:
         self.fd = fd
         self.buf = b""
         self.eof = False
+        self.pending: list[dict[str, Any]] = []
+
+    def peek(self, *, block: bool = True) -> dict[str, Any] | None:
+        """The next message, left for the next ``read``."""
+        doc = self.read(block=block)
+        if doc is not None:
+            self.pending.insert(0, doc)
+        return doc
 
     def read(self, *, block: bool = True) -> dict[str, Any] | None:
+        if self.pending:
+            return self.pending.pop(0)
         while b"\n" not in self.buf:
             if self.eof:
                 return None
@@ -109,6 +122,7 @@ def _python() -> str:
 
 def _spawn(mode_fds: dict[str, int], stdio: Sequence[StdioArg], *, child_fds: Iterable[int],
            python: str | None = None) -> subprocess.Popen[bytes]:
+    # (close_fds: the child holds only stdio and the pipes of this handshake)
     argv = [python or _python(), "-I", "-S", "-c", BOOT, PKG_ROOT]
     argv += [f"{k}={v}" for k, v in mode_fds.items()]
     try:
@@ -119,8 +133,27 @@ def _spawn(mode_fds: dict[str, int], stdio: Sequence[StdioArg], *, child_fds: It
         raise SandboxError(f"cannot start the sandbox child ({argv[0]}): {exc.strerror}") from None
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON's types (tuples become lists, mappings dicts), as the child expects;
+    anything else is a TypeError, as json.dumps would raise."""
+    if obj is None or isinstance(obj, str | bool | int | float):
+        return obj
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"spec keys must be strings, not {type(k).__name__}")
+            out[k] = _plain(v)
+        return out
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    raise TypeError(f"object of type {type(obj).__name__} cannot be sent to the sandbox child")
+
+
 def _send_frame(fd: int, obj: dict[str, Any]) -> None:
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    # parent -> child frames are marshal (format 4, readable by every Python 3 since 3.4):
+    # the child then needs no json (and no re) import. Child -> parent messages stay JSON.
+    body = marshal.dumps(_plain(obj), 4)
     data = b"%08x" % len(body) + body
     view = memoryview(data)
     while view:
@@ -263,11 +296,96 @@ class SandboxProcess:
         self.close()
 
 
+class Child:
+    """An nsinit interpreter started ahead of its container (``spawn_child``), blocked on its
+    control pipe until ``start`` sends the configuration. Give it to ``start``/``run`` as
+    ``child=`` (exactly once), or ``close`` it: EOF on the control pipe makes it exit."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], *, ctl_w: int, msg_r: int, fifo_r: int,
+                 sock: Any, terminal: bool) -> None:
+        self.popen = popen
+        self.ctl_w, self.msg_r, self.fifo_r = ctl_w, msg_r, fifo_r
+        self.sock = sock            # the console socket (parent end) when ``terminal``
+        self.terminal = terminal
+        self.used = False
+
+    def close(self) -> None:
+        """Discard the child unless ``start`` took it. Idempotent."""
+        if self.used:
+            return
+        self.used = True
+        for fd in (self.ctl_w, self.msg_r, self.fifo_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.sock is not None:
+            self.sock.close()
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def spawn_child(stdio: Sequence[StdioArg] = (None, None, None), *, terminal: bool = False,
+                python: str | None = None) -> Child:
+    """Start the sandbox child now; it waits for ``start``. ``stdio`` is what the container's
+    process gets (as for ``start``); ``terminal`` must match ``start``'s use of a pty console
+    (``process.terminal`` with console="pty"). The interpreter's start-up (~10 ms) then runs
+    while the caller resolves the image and prepares the rootfs."""
+    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+    fifo_r, fifo_w = os.pipe2(os.O_CLOEXEC)
+    child_fds = [ctl_r, msg_w, fifo_w]
+    fds = {"ctl": ctl_r, "msg": msg_w, "fifo": fifo_w}
+    parent_sock = child_sock = None
+    if terminal:
+        import socket
+
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds["console"] = child_sock.fileno()
+        child_fds.append(child_sock.fileno())
+    try:
+        popen = _spawn(fds, stdio, child_fds=child_fds, python=python)
+    except BaseException:
+        for fd in (ctl_w, msg_r, fifo_r):
+            os.close(fd)
+        if parent_sock is not None:
+            parent_sock.close()
+        raise
+    finally:
+        for fd in (ctl_r, msg_w, fifo_w):
+            os.close(fd)
+        if child_sock is not None:
+            child_sock.close()
+    return Child(popen, ctl_w=ctl_w, msg_r=msg_r, fifo_r=fifo_r, sock=parent_sock, terminal=terminal)
+
+
+def spawn_foreground(*, interactive: bool, tty: bool, python: str | None = None) -> Child:
+    """The child for a foreground `pybuild run` (what ``runtime.run.run_image`` would start):
+    with ``tty`` the pty is the container's stdio; otherwise stdout/stderr are this process's
+    and stdin is this one's only with ``interactive`` (else /dev/null)."""
+    if tty:
+        return spawn_child((subprocess.DEVNULL,) * 3, terminal=True, python=python)
+    if interactive:
+        return spawn_child((None, None, None), python=python)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return spawn_child((null, None, None), python=python)
+    finally:
+        os.close(null)
+
+
 def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
           stdio: Sequence[StdioArg] = (None, None, None), cgroup_name: str | None = None,
           cgroup: cgroups.Cgroup | None | bool = True, rootless: bool | None = None,
           prestart: Callable[[int], None] | None = None, detach: bool = False,
-          console: str = "pty", python: str | None = None) -> SandboxProcess:
+          console: str = "pty", python: str | None = None, child: Child | None = None) -> SandboxProcess:
     """Start the container described by ``spec`` (an OCI config.json dict) whose rootfs is
     ``rootfs_mounts`` (snapshotter mounts, applied on ``spec.root.path`` inside the container's
     mount namespace; empty = ``root.path`` already is the rootfs). Returns after the exec.
@@ -278,60 +396,54 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
     ``detach``: PID 1 does not die with this process (a monitor keeps the handle instead).
     ``console`` (when ``process.terminal``): "pty" = a pty from the container's own devpts whose
     master is ``SandboxProcess.console``; "stdio" = stdin already is a tty (e.g. the monitor's
-    pty slave) and becomes the controlling terminal."""
-    linux = spec.get("linux") or {}
-    userns = any(n.get("type") == "user" and not n.get("path") for n in linux.get("namespaces") or ())
-    idmap = None
-    if userns:
-        from runtime.idmap import IdMapping
-
-        idmap = IdMapping.from_oci(linux)
-    if userns and idmap is None:
-        raise SandboxError("the spec asks for a user namespace without uid/gid mappings")
-    if rootless is None:
-        rootless = os.geteuid() != 0
-    if rootless and not userns:
-        raise UnsupportedHost("a rootless container needs a user namespace",
-                              hint="pybuild adds one by default when not root")
-    cg: cgroups.Cgroup | None
-    if cgroup is True:
-        res = cgroups.Resources.from_oci(linux.get("resources"))
-        cg = cgroups.create(cgroup_name or f"pybuild-{secrets.token_hex(8)}", res, rootless=rootless,
-                            devices=bool((linux.get("resources") or {}).get("devices")))
-    elif cgroup is False:
-        cg = None
-    else:
-        cg = cgroup
-    dmode = device_mode(spec, cg, userns)
+    pty slave) and becomes the controlling terminal. ``child``: a ``spawn_child`` result to use
+    (its stdio replaces ``stdio``); it is consumed, whatever happens."""
     terminal = bool((spec.get("process") or {}).get("terminal")) and console == "pty"
+    try:
+        linux = spec.get("linux") or {}
+        userns = any(n.get("type") == "user" and not n.get("path") for n in linux.get("namespaces") or ())
+        idmap = None
+        if userns:
+            from runtime.idmap import IdMapping
 
-    ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
-    msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-    fifo_r, fifo_w = os.pipe2(os.O_CLOEXEC)
-    child_fds = [ctl_r, msg_w, fifo_w]
-    fds = {"ctl": ctl_r, "msg": msg_w, "fifo": fifo_w}
-    parent_sock = None
-    if terminal:
-        import socket
-
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds["console"] = child_sock.fileno()
-        child_fds.append(child_sock.fileno())
-    popen = None
+            idmap = IdMapping.from_oci(linux)
+        if userns and idmap is None:
+            raise SandboxError("the spec asks for a user namespace without uid/gid mappings")
+        if rootless is None:
+            rootless = os.geteuid() != 0
+        if rootless and not userns:
+            raise UnsupportedHost("a rootless container needs a user namespace",
+                                  hint="pybuild adds one by default when not root")
+        if child is not None and (child.used or child.terminal != terminal):
+            raise SandboxError("the pre-spawned sandbox child does not fit this container "
+                               f"(made for terminal={child.terminal}, already used={child.used})")
+    except BaseException:
+        if child is not None:
+            child.close()
+        raise
+    if child is None:
+        child = spawn_child(stdio, terminal=terminal, python=python)
+    child.used = True
+    popen, ctl_w, msg_r, fifo_r = child.popen, child.ctl_w, child.msg_r, child.fifo_r
+    parent_sock = child.sock
+    cg: cgroups.Cgroup | None = None
     proc: SandboxProcess | None = None
     lines = _Lines(msg_r)
     try:
-        try:
-            popen = _spawn(fds, stdio, child_fds=child_fds, python=python)
-        finally:
-            for fd in (ctl_r, msg_w, fifo_w):
-                os.close(fd)
-            if terminal:
-                child_sock.close()
+        if cgroup is True:
+            res = cgroups.Resources.from_oci(linux.get("resources"))
+            cg = cgroups.create(cgroup_name or f"pybuild-{os.urandom(8).hex()}", res, rootless=rootless,
+                                devices=bool((linux.get("resources") or {}).get("devices")))
+        elif cgroup is not False:
+            cg = cgroup
+        dmode = device_mode(spec, cg, userns)
+        # PID 1 joins its cgroup itself, first thing after "go", when it can (v1, no user
+        # namespace: it is root on the host then); else this process adds it before "go"
+        join = cg.self_join_files() if cg is not None and not userns else []
         cfg = {"mode": "run", "spec": spec, "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
                "parent_pid": os.getpid(), "detach": detach, "device_mode": dmode,
                "console": console, "cgroup_dirs": list(cg.paths().values()) if cg is not None else [],
-               "cgroup_paths": cg.paths() if cg is not None else {}}
+               "cgroup_paths": cg.paths() if cg is not None else {}, "cgroup_join": join}
         _send_frame(ctl_w, cfg)
         first = lines.read()
         if first is None or first.get("type") != "pid":
@@ -347,7 +459,7 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
             from runtime.idmap import write_maps
 
             write_maps(pid, idmap)
-        if cg is not None:
+        if cg is not None and not join:
             cg.add(pid)
         if prestart is not None:
             prestart(pid)
@@ -358,7 +470,9 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
             proc.console = _receive_console(parent_sock)
         while os.read(fifo_r, 4096):
             pass
-        err = lines.read(block=False)
+        # peek, not read: a command that is already gone (`true`) may have its "exit" message
+        # here, and wait() must still see it
+        err = lines.peek(block=False)
         if err is not None and err.get("type") == "error":
             proc.wait()
             _raise_for(err)
@@ -367,7 +481,7 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
         if proc is not None:
             proc.close()
         else:
-            if popen is not None and popen.returncode is None:
+            if popen.returncode is None:
                 popen.kill()
                 popen.wait()
             with contextlib.suppress(OSError):
@@ -534,7 +648,7 @@ def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mou
     fds = {"ctl": ctl_r, "msg": msg_w}
     import tempfile
 
-    result_file = Path(tempfile.gettempdir()) / f"pybuild-apply-{secrets.token_hex(8)}.json"
+    result_file = Path(tempfile.gettempdir()) / f"pybuild-apply-{os.urandom(8).hex()}.json"
     popen = None
     try:
         try:

@@ -8,30 +8,29 @@ mount namespace: nothing here mounts on the host. Imports: stdlib, registry.stor
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
 import hashlib
 import json
-import logging
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, ClassVar, Literal, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from registry.store import atomic_write, flocked
-from runtime import _syscalls, pathsafe
 from runtime.errors import SandboxError
-from runtime.unpack import UnpackStats, XattrNS, apply_layer, unpack_overlay_layer
 
-log = logging.getLogger("pybuild." + __name__)
+if TYPE_CHECKING:
+    from runtime.unpack import UnpackStats, XattrNS
+
+# Imported where used, not here: `pybuild run` imports this module on its start-up path, and
+# runtime.unpack (tarfile, decimal), logging and ctypes are only needed to unpack, copy or mount.
 
 Kind = Literal["active", "view", "committed"]
 PAGE_LIMIT = 4096          # mount(2) copies at most one page of options
+VOLATILE = "volatile"      # overlay option of ephemeral snapshots (Linux >= 5.10)
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -100,6 +99,7 @@ class SnapshotInfo:
     id: int
     labels: dict[str, str] = field(default_factory=dict)
     prepared_ns: int = 0        # copy snapshotter: when the copy of the parent was finished
+    ephemeral: bool = False     # dies with its container (run --rm): see _Base.prepare
 
 
 # -- the protocol -------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class Snapshotter(Protocol):
     root: Path
 
     def prepare(self, key: str, parent: str | None = None, *,
-                labels: dict[str, str] | None = None) -> list[Mount]: ...
+                labels: dict[str, str] | None = None, ephemeral: bool = False) -> list[Mount]: ...
     def view(self, key: str, parent: str | None = None) -> list[Mount]: ...
     def mounts(self, key: str) -> list[Mount]: ...
     def commit(self, name: str, key: str) -> None: ...
@@ -122,6 +122,38 @@ class Snapshotter(Protocol):
     def apply_layer(self, key: str, stream: IO[bytes], *, layer: str = "<layer>",
                     rootless: bool | None = None) -> UnpackStats: ...
     def key_lock(self, key: str) -> contextlib.AbstractContextManager[int]: ...
+
+
+def _token(nbytes: int) -> str:
+    """Random hex for temporary names (what secrets.token_hex does, without its imports)."""
+    return os.urandom(nbytes).hex()
+
+
+def _write_file(path: Path, data: bytes, *, durable: bool) -> None:
+    """Replace ``path`` atomically; ``durable`` adds the fsyncs (registry.store.atomic_write)."""
+    if durable:
+        atomic_write(path, data)
+        return
+    tmp = path.with_name(f".{path.name}.{_token(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _log() -> Any:
+    import logging
+
+    return logging.getLogger("pybuild." + __name__)
 
 
 def _key_hash(key: str) -> str:
@@ -186,13 +218,16 @@ class _Base:
             return None
         return SnapshotInfo(str(doc["key"]), doc["kind"], doc.get("parent"), float(doc["created"]),
                             int(doc["id"]), dict(doc.get("labels") or {}),
-                            int(doc.get("prepared_ns") or 0))
+                            int(doc.get("prepared_ns") or 0), bool(doc.get("ephemeral")))
 
     def _write_meta(self, info: SnapshotInfo) -> None:
         doc = {"id": info.id, "key": info.key, "kind": info.kind, "parent": info.parent,
                "created": info.created, "labels": info.labels, "prepared_ns": info.prepared_ns,
                "driver": self.driver}
-        atomic_write(self._dir(info.id) / "meta.json", json.dumps(doc, sort_keys=True).encode())
+        if info.ephemeral:
+            doc["ephemeral"] = True
+        _write_file(self._dir(info.id) / "meta.json", json.dumps(doc, sort_keys=True).encode(),
+                    durable=not info.ephemeral)
 
     def stat(self, key: str) -> SnapshotInfo:
         sid = self._id_of(key)
@@ -237,7 +272,7 @@ class _Base:
 
     # -- creation
     def _new(self, key: str, parent: str | None, kind: Kind, labels: dict[str, str] | None,
-             fill: object = None) -> SnapshotInfo:
+             fill: object = None, *, ephemeral: bool = False) -> SnapshotInfo:
         if not key:
             raise SnapshotError("snapshot key must not be empty")
         if parent is not None:
@@ -247,7 +282,7 @@ class _Base:
                                          "be a parent")
         if self.exists(key):
             raise SnapshotExists(key)
-        tmp = self.root / f".new-{secrets.token_hex(8)}"
+        tmp = self.root / f".new-{_token(8)}"
         tmp.mkdir()
         try:
             (tmp / "fs").mkdir(mode=0o755)
@@ -255,10 +290,13 @@ class _Base:
             with self._lock():
                 if self.exists(key):
                     raise SnapshotExists(key)
-                if parent is not None and not self.exists(parent):
-                    raise SnapshotNotFound(parent)
-                sid = self._next_id()
-                info = SnapshotInfo(key, kind, parent, time.time(), sid, dict(labels or {}), prepared)
+                if parent is not None and self.stat(parent).kind != "committed":
+                    # (re-checked under the lock: remove() relies on active and view
+                    # snapshots never being parents)
+                    raise SnapshotStateError(parent, "only a committed snapshot can be a parent")
+                sid = self._next_id(durable=not ephemeral)
+                info = SnapshotInfo(key, kind, parent, time.time(), sid, dict(labels or {}), prepared,
+                                    ephemeral)
                 tmp.rename(self._dir(sid))
                 self._write_meta(info)
                 self._link(key).symlink_to(f"../{sid}")
@@ -271,7 +309,9 @@ class _Base:
     def _populate(self, tmp: Path, parent: str | None, kind: Kind) -> int:
         return 0
 
-    def _next_id(self) -> int:
+    def _next_id(self, *, durable: bool = True) -> int:
+        # The counter is a hint (ids already on disk are skipped), so a counter that a crash
+        # rolled back is harmless; an ephemeral snapshot does not pay for its fsync.
         counter = self.root / "next-id"
         try:
             sid = int(counter.read_text())
@@ -279,14 +319,20 @@ class _Base:
             sid = 1
         while self._dir(sid).exists():
             sid += 1
-        atomic_write(counter, str(sid + 1).encode())
+        _write_file(counter, str(sid + 1).encode(), durable=durable)
         return sid
 
     def prepare(self, key: str, parent: str | None = None, *,
-                labels: dict[str, str] | None = None) -> list[Mount]:
+                labels: dict[str, str] | None = None, ephemeral: bool = False) -> list[Mount]:
         """A new writable snapshot on top of committed ``parent``; returns its mounts.
-        SnapshotExists if ``key`` is taken."""
-        self._new(key, parent, "active", labels)
+        SnapshotExists if ``key`` is taken.
+
+        ``ephemeral``: the snapshot lives exactly as long as one container that is removed
+        when it exits (``run --rm`` in the foreground). Its metadata is written without fsync,
+        and the overlay snapshotter mounts it ``volatile`` (no sync of the host filesystem
+        at unmount). Such a snapshot can be mounted only once and never committed; after a
+        crash it is garbage for ``remove``/``cleanup``."""
+        self._new(key, parent, "active", labels, ephemeral=ephemeral)
         return self.mounts(key)
 
     def view(self, key: str, parent: str | None = None) -> list[Mount]:
@@ -301,6 +347,9 @@ class _Base:
             info = self.stat(key)
             if info.kind != "active":
                 raise SnapshotStateError(key, f"is {info.kind}, only an active snapshot can be committed")
+            if info.ephemeral:
+                raise SnapshotStateError(key, "is ephemeral (the writable layer of a `run --rm` "
+                                         "container): it is not durable and cannot be committed")
             if self.exists(name):
                 raise SnapshotExists(name)
             new = SnapshotInfo(name, "committed", info.parent, info.created, info.id, info.labels,
@@ -318,11 +367,13 @@ class _Base:
         """Remove a snapshot. Refused (SnapshotInUse) while another snapshot has it as parent."""
         with self._lock():
             info = self.stat(key)
-            children = [c.key for c in self.walk() if c.parent == key]
+            # only committed snapshots can be parents (checked under this lock by _new), so the
+            # walk over every snapshot's metadata is needed for those alone
+            children = [c.key for c in self.walk() if c.parent == key] if info.kind == "committed" else []
             if children:
                 raise SnapshotInUse(key, f"parent of {len(children)} snapshot(s), e.g. {children[0]!r}")
             self._link(key).unlink()
-            trash = self.root / f".trash-{info.id}-{secrets.token_hex(4)}"
+            trash = self.root / f".trash-{info.id}-{_token(4)}"
             self._dir(info.id).rename(trash)
         _rmtree(trash)
 
@@ -400,6 +451,10 @@ class OverlaySnapshotter(_Base):
         opts = [*self._base_options(),
                 "lowerdir=" + ":".join(_escape_option_path(p) for p in lowers),
                 "upperdir=" + _escape_option_path(own), "workdir=" + _escape_option_path(work)]
+        if info.ephemeral and _volatile_supported():
+            # no syncfs of the whole host filesystem when the container's mount namespace
+            # goes away (10-100 ms on a busy disk)
+            opts.append(VOLATILE)
         return [Mount("overlay", "overlay", tuple(opts))]
 
     def apply_layer(self, key: str, stream: IO[bytes], *, layer: str = "<layer>",
@@ -409,6 +464,8 @@ class OverlaySnapshotter(_Base):
         info = self.stat(key)
         if info.kind != "active":
             raise SnapshotStateError(key, f"is {info.kind}, layers are applied to active snapshots")
+        from runtime.unpack import unpack_overlay_layer
+
         return unpack_overlay_layer(stream, self._dir(info.id) / "fs", lowers=self.parent_paths(key),
                                     rootless=rootless, layer=layer, xattr_ns=self.xattr_ns)
 
@@ -441,6 +498,8 @@ class CopySnapshotter(_Base):
         info = self.stat(key)
         if info.kind != "active":
             raise SnapshotStateError(key, f"is {info.kind}, layers are applied to active snapshots")
+        from runtime.unpack import apply_layer
+
         return apply_layer(stream, self._dir(info.id) / "fs", rootless=rootless, layer=layer)
 
 
@@ -485,6 +544,15 @@ def open_snapshotter(root: str | os.PathLike[str], driver: str | None = None) ->
     return default_snapshotter(root)
 
 
+def _volatile_supported() -> bool:
+    """overlayfs knows the ``volatile`` option (Linux >= 5.10)."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 10)
+
+
 def overlay_supported() -> bool:
     """overlayfs is known to the kernel (whether we may mount it is the sandbox's business)."""
     try:
@@ -500,6 +568,8 @@ _FICLONE = 0x40049409
 
 def _copy_data(src: int, dst: int, size: int) -> None:
     try:
+        import fcntl
+
         fcntl.ioctl(dst, _FICLONE, src)
         return
     except OSError:
@@ -536,7 +606,7 @@ def _copy_xattrs(src: int | str, dst: int | str) -> None:
                 os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
                             follow_symlinks=False)
         except OSError as exc:
-            log.debug("xattr %s not copied: %s", name, exc)
+            _log().debug("xattr %s not copied: %s", name, exc)
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -622,7 +692,7 @@ def _copy_dir(sfd: int, dfd: int, links: dict[tuple[int, int], tuple[int, str]],
                 else:
                     os.mknod(name, mode, st.st_rdev, dir_fd=dfd)
             except PermissionError:
-                log.warning("copy: device node %s skipped (mknod not permitted)", name)
+                _log().warning("copy: device node %s skipped (mknod not permitted)", name)
                 continue
             with contextlib.suppress(PermissionError):
                 os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
@@ -640,6 +710,8 @@ def _rmtree(path: Path) -> None:
         return
     try:
         _make_writable(path)
+        from runtime import pathsafe
+
         pathsafe.remove_tree_at(fd, path.name)
     finally:
         os.close(fd)
@@ -657,8 +729,6 @@ def _make_writable(path: Path) -> None:
 
 
 # -- mounting (inside the sandbox's mount namespace) --------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 _NR_OPEN_TREE, _NR_MOVE_MOUNT, _NR_FSOPEN, _NR_FSCONFIG, _NR_FSMOUNT = 428, 429, 430, 431, 432
 _FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -666,7 +736,11 @@ _MOUNT_ATTR_RDONLY = 0x1
 
 
 def _sys(nr: int, *args: object) -> int:
-    rv = int(_libc.syscall(nr, *args))
+    import ctypes
+
+    from runtime import _syscalls
+
+    rv = int(_syscalls._syscall(nr, *args))
     if rv < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -676,6 +750,8 @@ def _sys(nr: int, *args: object) -> int:
 def _mount_overlay_fsconfig(options: Sequence[str], target: str) -> None:
     """overlayfs through the new mount API: one fsconfig call per option and per lower layer
     ('lowerdir+', Linux >= 6.8), so a 500-layer stack has no page-size limit."""
+    import ctypes
+
     fs = _sys(_NR_FSOPEN, b"overlay", ctypes.c_uint(1))        # FSOPEN_CLOEXEC
     try:
         readonly = False
@@ -740,6 +816,8 @@ def _unescape(text: str) -> str:
 def _mount_overlay_chdir(options: Sequence[str], target: str) -> None:
     """Fallback for kernels without 'lowerdir+': lower paths relative to their common parent,
     with the cwd there during mount(2) (containerd's trick)."""
+    from runtime import _syscalls
+
     lower_opt = next(o for o in options if o.startswith("lowerdir="))
     lowers = [_unescape(p) for p in _split_unescaped(lower_opt[len("lowerdir="):], ":")]
     base = os.path.commonpath(lowers)
@@ -763,6 +841,8 @@ def _mount_overlay_chdir(options: Sequence[str], target: str) -> None:
 def mount_all(mounts: Sequence[Mount], target: str | os.PathLike[str]) -> None:
     """Mount ``mounts`` on ``target`` in order. Call this only inside a private mount
     namespace (the sandbox child): the host's mount table must never see these."""
+    from runtime import _syscalls
+
     dest = os.fspath(target)
     for m in mounts:
         if m.type == "bind":
@@ -790,4 +870,6 @@ def mount_all(mounts: Sequence[Mount], target: str | os.PathLike[str]) -> None:
 
 
 def unmount(target: str | os.PathLike[str]) -> None:
+    from runtime import _syscalls
+
     _syscalls.umount2(os.fspath(target), 0)

@@ -99,6 +99,70 @@ class RawAdapter(io.RawIOBase):
         return len(data)
 
 
+_PLAIN_TYPES = frozenset(b"0123456")    # REG LNK SYM CHR BLK DIR FIFO
+_BASE256 = (0o200, 0o377)
+
+
+def _octal_field(field: bytes) -> int:
+    """tarfile's nti() for the octal form (ValueError where nti raises InvalidHeaderError)."""
+    if field[0] in _BASE256:
+        raise ValueError("base-256 number")
+    end = field.find(0)
+    return int((field if end < 0 else field[:end]).decode("ascii").strip() or "0", 8)
+
+
+def _nts(field: bytes) -> str:
+    end = field.find(0)
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
+
+
+def _padded(size: int) -> int:
+    blocks, rest = divmod(size, tarfile.BLOCKSIZE)
+    return (blocks + (1 if rest else 0)) * tarfile.BLOCKSIZE
+
+
+def _plain_header(buf: bytes, end: int) -> tarfile.TarInfo | None:
+    """A plain ustar member header (no extension, octal numbers, valid unsigned checksum)
+    parsed into the TarInfo tarfile.TarInfo.fromtarfile would return for it; None for every
+    other block, which then goes through tarfile itself. ``end``: the stream offset after it.
+
+    tarfile's header parsing was a third of apply_layer's CPU time; this is the same
+    computation (frombuf + _proc_builtin) without its generality.
+    """
+    if len(buf) != tarfile.BLOCKSIZE or buf[156] not in _PLAIN_TYPES:
+        return None
+    try:
+        chksum = _octal_field(buf[148:156])
+        if chksum != 256 + sum(buf[:148]) + sum(buf[156:]):
+            return None
+        mode = _octal_field(buf[100:108])
+        uid = _octal_field(buf[108:116])
+        gid = _octal_field(buf[116:124])
+        size = _octal_field(buf[124:136])
+        mtime = _octal_field(buf[136:148])
+        devmajor = _octal_field(buf[329:337])
+        devminor = _octal_field(buf[337:345])
+    except ValueError:
+        return None
+    kind = buf[156:157]
+    name = _nts(buf[0:100])
+    if kind == tarfile.DIRTYPE:
+        name = name.rstrip("/")
+    prefix = _nts(buf[345:500])
+    if prefix:
+        name = prefix + "/" + name
+        if kind == tarfile.DIRTYPE:
+            name = name.rstrip("/")
+    info = tarfile.TarInfo(name)
+    info.mode, info.uid, info.gid, info.size, info.mtime = mode, uid, gid, size, mtime
+    info.chksum, info.type = chksum, kind
+    info.linkname = _nts(buf[157:257])
+    info.uname, info.gname = _nts(buf[265:297]), _nts(buf[297:329])
+    info.devmajor, info.devminor = devmajor, devminor
+    info.offset, info.offset_data = end - tarfile.BLOCKSIZE, end
+    return info
+
+
 class TarReader:
     """Reads tar headers (tarfile.TarInfo.fromtarfile) and member data from a forward-only stream.
 
@@ -119,6 +183,7 @@ class TarReader:
         self.pax_headers: dict[str, str] = {}
         self._pos = 0
         self._in_header = False
+        self._pushback = b""
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
 
@@ -126,6 +191,14 @@ class TarReader:
     def read(self, n: int) -> bytes:
         if self._in_header and n > MAX_HEADER_BYTES:
             raise tarfile.HeaderError(f"extended header of {n} bytes")
+        if self._pushback:
+            out, self._pushback = self._pushback[:n], self._pushback[n:]
+            self._pos += len(out)
+            if len(out) == n:
+                return out
+            n -= len(out)
+            more = self.read(n)
+            return out + more
         out = self._f.read(n)
         while len(out) < n:
             more = self._f.read(n - len(out))
@@ -142,6 +215,16 @@ class TarReader:
         """The next member's header, or None at the end of the archive."""
         if self._pos < self.offset:
             self.skip(self.offset - self._pos)
+        block = self.read(tarfile.BLOCKSIZE)
+        if not self.pax_headers:
+            info = _plain_header(block, self._pos)
+            if info is not None:
+                self.offset = info.offset_data + (_padded(info.size) if info.type == tarfile.REGTYPE else 0)
+                return info
+        # Anything else (pax/GNU extensions, odd numbers, bad checksums, the end): tarfile
+        # reads the block again from the pushback and decides.
+        self._pushback = block
+        self._pos -= len(block)
         self._in_header = True
         try:
             info = tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
@@ -169,6 +252,8 @@ class TarReader:
             yield view[:n]
 
     def skip(self, n: int) -> None:
+        if self._pushback:
+            n -= len(self.read(min(n, len(self._pushback))))
         while n > 0:
             got = self._f.readinto(self._view[: min(n, CHUNK)])  # type: ignore[attr-defined]
             if not got:

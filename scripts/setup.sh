@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PKGS="python3 python3-venv python3-pip docker-registry busybox-static skopeo podman buildah umoci
   runc crun conmon uidmap iptables nftables iproute2 slirp4netns fuse-overlayfs netavark
   aardvark-dns catatonit containers-storage golang-github-containers-common curl zstd pigz git
-  debootstrap hyperfine"
+  debootstrap hyperfine isal"
 
 if [ "${SKIP_APT:-0}" != 1 ]; then
   missing=$(for p in $APT_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null \

@@ -1,7 +1,8 @@
 """CLI verbs, one module per verb family, imported only when their verb runs.
 
-Shared here: ``Globals`` (the group's flags) and ``pass_globals``. Only click and the
-stdlib at module scope; each command imports its library code inside its function.
+Shared here: ``Globals`` (the group's flags) and ``pass_globals``. Only the stdlib at module
+scope (``pass_globals`` imports click when first used: `pybuild run`'s fast path never does);
+each command imports its library code inside its function.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import click
 
 if TYPE_CHECKING:
     from registry.store import DirStore
@@ -38,7 +37,19 @@ class Globals:
         return self._store
 
 
-pass_globals = click.make_pass_decorator(Globals, ensure=True)
+def __getattr__(name: str) -> Any:
+    """``pass_globals`` (click.make_pass_decorator(Globals)) is made on first use (PEP 562)."""
+    if name == "pass_globals":
+        import click
+
+        value = click.make_pass_decorator(Globals, ensure=True)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    pass_globals: Any      # click.make_pass_decorator(Globals, ensure=True)
 
 
 def returns_code(fn: Any) -> Any:

@@ -153,7 +153,7 @@ def build(g: Globals, context_dir: str, tags: tuple[str, ...], dockerfile: str |
     Progress goes to stderr; stdout gets the image ID only.
     """
     from builder import options as o
-    from builder.engine import build_image
+    from builder.build import build_image
 
     opts = o.make_options(
         context_dir=context_dir, dockerfile=dockerfile, tags=tags, build_args=build_args,

@@ -188,6 +188,7 @@ def logs(g: Globals, container: str, follow: bool, tail: str, timestamps: bool, 
     """Fetch the logs of a container."""
     from builder.errors import UsageError
     from runtime.containers import LIVE
+    from runtime.errors import SandboxError
     from runtime.lifecycle import container_store
     from runtime.monitor import read_log
 
@@ -202,7 +203,10 @@ def logs(g: Globals, container: str, follow: bool, tail: str, timestamps: bool, 
             raise UsageError(f"invalid --tail {tail!r}: want a number or 'all'") from None
 
     def alive() -> bool:
-        return c.state().status in LIVE
+        try:
+            return c.state().status in LIVE
+        except SandboxError:      # removed while we follow it
+            return False
 
     out, err = sys.stdout, sys.stderr
     try:

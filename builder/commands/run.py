@@ -1,74 +1,272 @@
 """`pybuild run IMAGE [COMMAND [ARG...]]`: docker's flags and meaning, over runtime.run.
 
-Only click and the stdlib at module scope (the run path must start fast: the library is
-imported inside the command, the registry client only when an image must be pulled).
-Exit codes: the container's own (128+n for a signal), 125 for pybuild's own failures and bad
-flags, 126 when the command cannot be executed, 127 when it is not found.
+The options are data (``OPTIONS``): the click command is built from that table when click is
+needed (``--help``, errors, anything unusual), and ``fast_parse`` reads an ordinary command
+line with the same table without importing click at all (``pybuild run`` must start fast:
+click's import is ~12 ms of a ~80 ms container start). tests/cli/test_run_fast.py checks that
+both parsers agree. The library is imported inside the command, the registry client only when
+an image must be pulled. Exit codes: the container's own (128+n for a signal), 125 for
+pybuild's own failures and bad flags, 126 when the command cannot be executed, 127 when it is
+not found.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
-import click
-
-from builder.commands import Globals, pass_globals, returns_code
+from builder.commands import Globals
 
 _CTX = {"help_option_names": ["--help"],      # -h is --hostname, as in docker
         "allow_interspersed_args": False}     # everything after IMAGE belongs to the command
 
+FLAG, VALUE, MULTI = "flag", "value", "multi"
 
-@click.command("run", context_settings=_CTX)
-@click.argument("image")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-@click.option("--rm", is_flag=True, help="Remove the container when it exits.")
-@click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open.")
-@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY.")
-@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container ID.")
-@click.option("--name", help="Assign a name to the container.")
-@click.option("-e", "--env", "env", multiple=True, help="Set environment variables (KEY=VALUE or KEY).")
-@click.option("--env-file", multiple=True, type=click.Path(dir_okay=False),
-              help="Read a file of variables.")
-@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount a volume: [SRC:]DST[:OPTS].")
-@click.option("--mount", "mounts", multiple=True, help="Attach a mount: type=bind|tmpfs|volume,...")
-@click.option("--tmpfs", multiple=True, help="Mount a tmpfs: PATH[:OPTIONS].")
-@click.option("-w", "--workdir", help="Working directory inside the container.")
-@click.option("-u", "--user", help="User: name|uid[:group|gid].")
-@click.option("--entrypoint", help="Overwrite the image's ENTRYPOINT (a single string).")
-@click.option("-h", "--hostname", help="Container host name.")
-@click.option("--network", "--net", "network", default=None,
-              help="none, host, or a network (default: bridge).")
-@click.option("--network-alias", multiple=True, help="Add a network-scoped alias for the container.")
-@click.option("-p", "--publish", multiple=True, help="Publish a port: [IP:][HOST:]CTR[/PROTO].")
-@click.option("-m", "--memory", help="Memory limit (e.g. 32m, 1g).")
-@click.option("--memory-swap", help="Memory + swap limit; -1 for unlimited swap.")
-@click.option("--cpus", help="Number of CPUs (CFS quota), e.g. 0.5.")
-@click.option("-c", "--cpu-shares", type=int, help="CPU shares (relative weight).")
-@click.option("--pids-limit", type=int, help="Process limit (-1: unlimited).")
-@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
-@click.option("--init", "init", is_flag=True,
-              help="Run an init inside the container that reaps and forwards signals.")
-@click.option("--pull", default="missing", type=click.Choice(["missing", "always", "never"]),
-              show_default=True, help="Pull the image before running.")
-@click.option("--platform", help="Platform when pulling, e.g. linux/amd64.")
-@click.option("--runtime", help="OCI runtime for this container: runc or crun (default: built-in).")
-@click.option("--cap-add", multiple=True, help="Add a Linux capability (or ALL).")
-@click.option("--cap-drop", multiple=True, help="Drop a Linux capability (or ALL).")
-@click.option("--privileged", is_flag=True, help="Give extended privileges (all caps, host devices).")
-@click.option("--userns", default="", help="User namespace: host (root's default); rootless runs "
-              "always get one.")
-@click.option("--security-opt", multiple=True,
-              help="no-new-privileges[=true|false], seccomp=unconfined.")
-@click.option("--restart", default="no", help="Restart policy for -d: no, on-failure[:N], always.")
-@click.option("-l", "--label", multiple=True, help="Set metadata (KEY=VALUE).")
-@click.option("--stop-signal", help="Signal to stop the container.")
-@click.option("--stop-timeout", type=int, default=10, help="Seconds to wait before killing.")
-@click.option("--ulimit", multiple=True, help="ulimit: NAME=SOFT[:HARD], e.g. nofile=1024:2048.")
-@pass_globals
-@returns_code
-def run(g: Globals, image: str, command: tuple[str, ...], **flags: Any) -> int:
-    """Run a command in a new container."""
+
+class Opt:
+    """One option of `run`: its spellings, click's parameter name, and how it takes values.
+    ``type``: "str", "int", "choice" (``choices``), "file" (click.Path(dir_okay=False))."""
+
+    __slots__ = ("choices", "decls", "default", "dest", "help", "kind", "show_default", "type")
+
+    def __init__(self, decls: tuple[str, ...], dest: str, kind: str, help: str, *,  # noqa: A002
+                 default: Any = None, type: str = "str",  # noqa: A002
+                 choices: tuple[str, ...] = (), show_default: bool = False) -> None:
+        self.decls, self.dest, self.kind, self.help = decls, dest, kind, help
+        self.default = () if kind == MULTI else (False if kind == FLAG else default)
+        self.type, self.choices, self.show_default = type, choices, show_default
+
+
+OPTIONS: tuple[Opt, ...] = (
+    Opt(("--rm",), "rm", FLAG, "Remove the container when it exits."),
+    Opt(("-i", "--interactive"), "interactive", FLAG, "Keep STDIN open."),
+    Opt(("-t", "--tty"), "tty", FLAG, "Allocate a pseudo-TTY."),
+    Opt(("-d", "--detach"), "detach", FLAG, "Run in the background and print the container ID."),
+    Opt(("--name",), "name", VALUE, "Assign a name to the container."),
+    Opt(("-e", "--env"), "env", MULTI, "Set environment variables (KEY=VALUE or KEY)."),
+    Opt(("--env-file",), "env_file", MULTI, "Read a file of variables.", type="file"),
+    Opt(("-v", "--volume"), "volumes", MULTI, "Bind mount a volume: [SRC:]DST[:OPTS]."),
+    Opt(("--mount",), "mounts", MULTI, "Attach a mount: type=bind|tmpfs|volume,..."),
+    Opt(("--tmpfs",), "tmpfs", MULTI, "Mount a tmpfs: PATH[:OPTIONS]."),
+    Opt(("-w", "--workdir"), "workdir", VALUE, "Working directory inside the container."),
+    Opt(("-u", "--user"), "user", VALUE, "User: name|uid[:group|gid]."),
+    Opt(("--entrypoint",), "entrypoint", VALUE, "Overwrite the image's ENTRYPOINT (a single string)."),
+    Opt(("-h", "--hostname"), "hostname", VALUE, "Container host name."),
+    Opt(("--network", "--net"), "network", VALUE, "none, host, or a network (default: bridge)."),
+    Opt(("--network-alias",), "network_alias", MULTI, "Add a network-scoped alias for the container."),
+    Opt(("-p", "--publish"), "publish", MULTI, "Publish a port: [IP:][HOST:]CTR[/PROTO]."),
+    Opt(("-m", "--memory"), "memory", VALUE, "Memory limit (e.g. 32m, 1g)."),
+    Opt(("--memory-swap",), "memory_swap", VALUE, "Memory + swap limit; -1 for unlimited swap."),
+    Opt(("--cpus",), "cpus", VALUE, "Number of CPUs (CFS quota), e.g. 0.5."),
+    Opt(("-c", "--cpu-shares"), "cpu_shares", VALUE, "CPU shares (relative weight).", type="int"),
+    Opt(("--pids-limit",), "pids_limit", VALUE, "Process limit (-1: unlimited).", type="int"),
+    Opt(("--read-only",), "read_only", FLAG, "Mount the root filesystem read-only."),
+    Opt(("--init",), "init", FLAG,
+        "Run an init inside the container that reaps and forwards signals."),
+    Opt(("--pull",), "pull", VALUE, "Pull the image before running.", default="missing", type="choice",
+        choices=("missing", "always", "never"), show_default=True),
+    Opt(("--platform",), "platform", VALUE, "Platform when pulling, e.g. linux/amd64."),
+    Opt(("--runtime",), "runtime", VALUE,
+        "OCI runtime for this container: runc or crun (default: built-in)."),
+    Opt(("--cap-add",), "cap_add", MULTI, "Add a Linux capability (or ALL)."),
+    Opt(("--cap-drop",), "cap_drop", MULTI, "Drop a Linux capability (or ALL)."),
+    Opt(("--privileged",), "privileged", FLAG, "Give extended privileges (all caps, host devices)."),
+    Opt(("--userns",), "userns", VALUE, "User namespace: host (root's default); rootless runs "
+        "always get one.", default=""),
+    Opt(("--security-opt",), "security_opt", MULTI,
+        "no-new-privileges[=true|false], seccomp=unconfined."),
+    Opt(("--restart",), "restart", VALUE, "Restart policy for -d: no, on-failure[:N], always.", default="no"),
+    Opt(("-l", "--label"), "label", MULTI, "Set metadata (KEY=VALUE)."),
+    Opt(("--stop-signal",), "stop_signal", VALUE, "Signal to stop the container."),
+    Opt(("--stop-timeout",), "stop_timeout", VALUE, "Seconds to wait before killing.", default=10,
+        type="int"),
+    Opt(("--ulimit",), "ulimit", MULTI, "ulimit: NAME=SOFT[:HARD], e.g. nofile=1024:2048."),
+)
+
+
+def _build_command() -> Any:
+    """The click command (imports click): for --help, bad flags and unusual command lines."""
+    import click
+
+    from builder.commands import pass_globals, returns_code
+
+    def run(g: Globals, image: str, command: tuple[str, ...], **flags: Any) -> int:
+        """Run a command in a new container."""
+        return run_command(g, image, command, flags)
+
+    types = {"int": int, "file": click.Path(dir_okay=False)}
+    fn: Any = pass_globals(returns_code(run))
+    for o in reversed(OPTIONS):        # decorators apply bottom-up, as if written in table order
+        kw: dict[str, Any] = {"help": o.help}
+        if o.kind == FLAG:
+            kw["is_flag"] = True
+        elif o.kind == MULTI:
+            kw["multiple"] = True
+        elif o.default is not None:
+            kw["default"] = o.default
+        if o.type == "choice":
+            kw["type"] = click.Choice(list(o.choices))
+        elif o.type in types:
+            kw["type"] = types[o.type]
+        if o.show_default:
+            kw["show_default"] = True
+        fn = click.option(*o.decls, o.dest, **kw)(fn)
+    fn = click.argument("command", nargs=-1, type=click.UNPROCESSED)(fn)
+    fn = click.argument("image")(fn)
+    return click.command("run", context_settings=_CTX)(fn)
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` (the click command, for builder.cli's verb table) is built on first use."""
+    if name == "run":
+        cmd = _build_command()
+        globals()["run"] = cmd
+        return cmd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- the fast path: an ordinary `pybuild [--root DIR] run [OPTIONS] IMAGE [COMMAND...]` -------------
+_BY_NAME = {d: o for o in OPTIONS for d in o.decls}
+
+
+def _path_ok(value: str, *, dir_okay: bool, file_okay: bool) -> bool:
+    """What click.Path(...) accepts (not required to exist; if it exists: the kind, readable)."""
+    import stat
+
+    try:
+        st = os.stat(value)  # noqa: PTH116 - no pathlib on this path
+    except OSError:
+        return True
+    if (not dir_okay and stat.S_ISDIR(st.st_mode)) or (not file_okay and stat.S_ISREG(st.st_mode)):
+        return False
+    return os.access(value, os.R_OK)
+
+
+def fast_parse(args: list[str]) -> tuple[str | None, str, tuple[str, ...], dict[str, Any]] | None:
+    """``(root, image, command, flags)`` for a whole pybuild command line whose verb is ``run``,
+    read the way click reads it; None for anything this parser leaves to click (help, global
+    flags other than --root, unknown or malformed options, values click would reject), so
+    click then handles (and reports) it exactly as before."""
+    i, root = 0, None
+    while i < len(args) and args[i] != "run":
+        a = args[i]
+        if a == "--root" and i + 1 < len(args):
+            root, i = args[i + 1], i + 2
+        elif a.startswith("--root="):
+            root, i = a[len("--root="):], i + 1
+        else:
+            return None
+    if i >= len(args):
+        return None
+    if root is None:
+        root = os.environ.get("PYBUILD_ROOT") or None
+    if root is not None and not _path_ok(root, dir_okay=True, file_okay=False):
+        return None
+    flags: dict[str, Any] = {o.dest: o.default for o in OPTIONS}
+    multi: dict[str, list[str]] = {}
+    rest = args[i + 1:]
+    j = 0
+
+    def take(o: Opt, value: str) -> bool:
+        if o.type == "int":
+            try:
+                value = int(value)  # type: ignore[assignment]
+            except ValueError:
+                return False
+        if (o.type == "choice" and value not in o.choices) or \
+                (o.type == "file" and not _path_ok(value, dir_okay=False, file_okay=True)):
+            return False
+        if o.kind == MULTI:
+            multi.setdefault(o.dest, []).append(value)
+        else:
+            flags[o.dest] = value
+        return True
+
+    while j < len(rest):
+        a = rest[j]
+        j += 1
+        if a == "--":
+            break
+        if a[:1] != "-" or len(a) == 1:
+            j -= 1                         # IMAGE: options end here
+            break
+        if a.startswith("--"):
+            name, eq, value = a.partition("=")
+            o = _BY_NAME.get(name)
+            if o is None:
+                return None                # unknown (or --help): click reports it
+            if o.kind == FLAG:
+                if eq:
+                    return None
+                flags[o.dest] = True
+                continue
+            if not eq:
+                if j >= len(rest):
+                    return None
+                value, j = rest[j], j + 1
+            if not take(o, value):
+                return None
+            continue
+        for k in range(1, len(a)):         # a cluster of short options: -it, -eK=V, -p 80
+            o = _BY_NAME.get("-" + a[k])
+            if o is None:
+                return None
+            if o.kind == FLAG:
+                flags[o.dest] = True
+                continue
+            if k + 1 < len(a):
+                value = a[k + 1:]
+            elif j < len(rest):
+                value, j = rest[j], j + 1
+            else:
+                return None
+            if not take(o, value):
+                return None
+            break
+    if j >= len(rest):
+        return None                        # no IMAGE: click's usage error
+    for dest, values in multi.items():
+        flags[dest] = tuple(values)
+    return root, rest[j], tuple(rest[j + 1:]), flags
+
+
+def run_fast(args: list[str]) -> int | None:
+    """Run ``args`` (a whole pybuild command line) without click, or None when click must."""
+    parsed = fast_parse(args)
+    if parsed is None:
+        return None
+    root, image, command, flags = parsed
+    return int(run_command(Globals(root=root), image, command, flags) or 0)
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def run_command(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any]) -> int:
+    """The verb itself (both parsers end here)."""
+    child = None
+    if not flags["detach"] and not flags["runtime"]:
+        # Start the sandbox child first: its interpreter comes up while this process imports
+        # the run path, resolves the image and prepares the rootfs (C11's re-exec'd child,
+        # just earlier). Any problem here is left to the normal start to report.
+        from runtime import sandbox
+
+        try:
+            child = sandbox.spawn_foreground(interactive=flags["interactive"], tty=flags["tty"])
+        except Exception:  # noqa: BLE001
+            child = None
+    try:
+        return _run(g, image, command, flags, child)
+    finally:
+        if child is not None:
+            child.close()        # a no-op once the sandbox took it
+
+
+def _run(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any], child: Any) -> int:
     from registry.errors import RegistryError
     from runtime.errors import SandboxError
     from runtime.run import run_image
@@ -80,22 +278,22 @@ def run(g: Globals, image: str, command: tuple[str, ...], **flags: Any) -> int:
     store = g.store()
 
     def notify(msg: str) -> None:
-        click.echo(msg, err=True)
+        _say(msg, err=True)
 
     try:
         if req.detach:
             return _detach(g, req, notify)
-        return int(run_image(store, req, notify=notify))
+        return int(run_image(store, req, notify=notify, child=child))
     except RegistryError as exc:
         # docker: every failure to set the container up (image included) is exit 125
         return _fail(exc)
 
 
 def _fail(exc: Exception) -> int:
-    click.echo(f"error: {exc}", err=True)
+    _say(f"error: {exc}", err=True)
     hint = getattr(exc, "hint", None)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        _say(f"hint: {hint}", err=True)
     return 125
 
 
@@ -105,7 +303,7 @@ def _detach(g: Globals, req: Any, notify: Any) -> int:
 
     c = create_container(g.store(), req, notify=notify)
     spawn(g.store().root, c)
-    click.echo(c.id)
+    _say(c.id)
     return 0
 
 

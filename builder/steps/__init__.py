@@ -48,6 +48,7 @@ class StepEnv:
     codec: str = "gzip"
     output: Callable[[bytes], None] = lambda data: None   # the current step's output sink
     step_label: str = ""
+    flags: dict[str, bool] = field(default_factory=dict)   # shared by the build ("volatile")
 
 
 @dataclass
@@ -117,7 +118,7 @@ def handler_for(ins: ast.Instruction) -> StepHandler:
         return copy.CopyHandler()
     if isinstance(ins, ast.Workdir):
         return copy.WorkdirHandler()
-    handler = metadata.HANDLERS.get(type(ins))
+    handler: StepHandler | None = metadata.HANDLERS.get(type(ins))
     if handler is None:
         raise BuildError(f"{ins.keyword.upper()} is not supported here", span=ins.span)
     return handler

@@ -150,7 +150,9 @@ class CopyHandler:
 
     def execute(self, prep: Prepared, state: StageState, env: StepEnv) -> StepOutcome:
         owner = resolve_owner(prep.data["chown"], state, env, prep.ins.span)
-        mode = int(prep.data["chmod"], 8) if prep.data["chmod"] else None
+        chmod: str | None = prep.data["chmod"]
+        symbolic = bool(chmod) and not re.fullmatch(r"[0-7]{3,4}", chmod or "")
+        mode = int(chmod, 8) if chmod and not symbolic else None
         dest, dest_dir = prep.data["dest"], prep.data["dest_dir"]
         actions: list[dict[str, Any]] = []
         extra: list[tuple[str, Any]] = []
@@ -158,18 +160,21 @@ class CopyHandler:
         views: list[str] = []
         try:
             for s in prep.data["sources"]:
-                groups: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
+                groups: dict[tuple[str | None, str, int | None], list[dict[str, Any]]] = {}
                 for item in s.items:
                     if "state" in item:
                         root = self._stage_root(item["state"], env, extra, views, prep.ins.span)
-                        groups.setdefault((root, item.get("name") or ""), []).append(
+                        groups.setdefault((root, item.get("name") or "", None), []).append(
                             {**item, "rel": item["src"].lstrip("/") or "."})
                     elif item["kind"] == "archive":
                         actions.append({"op": "extract", "archive": item["src"], "dest": _as_dir(dest),
                                         "workdir": "/", "owner": list(owner) if owner else None})
                     else:
-                        groups.setdefault((item["root"], item.get("name") or ""), []).append(item)
-                for (root, name), items in groups.items():
+                        file_mode = _symbolic_mode(item, chmod or "", prep.ins.span) if symbolic else None
+                        groups.setdefault((item["root"], item.get("name") or "", file_mode), []).append(item)
+                for (group_root, name, file_mode), items in groups.items():
+                    if symbolic:
+                        mode = file_mode
                     target = dest
                     if name:   # --parents: the kept directories go under the destination
                         target = _as_dir(go_clean(f"{dest}/{name}"))
@@ -177,7 +182,8 @@ class CopyHandler:
                         target = _as_dir(dest)
                     actions.append({
                         "op": "copy", "sources": [i["rel"] for i in items], "dest": target,
-                        "source_root": root, "workdir": "/", "owner": list(owner) if owner else None,
+                        "source_root": group_root, "workdir": "/",
+                        "owner": list(owner) if owner else None,
                         "preserve_owner": bool(prep.data["preserve"]),
                         "mode": mode if mode is not None else _inline_mode(items),
                         "mtime": None, "skip": [p for i in items for p in i.get("skip") or ()]})
@@ -409,6 +415,50 @@ def _exclude_matcher(patterns: list[str]) -> Matcher | None:
     return Matcher(parse_ignore("\n".join(patterns), source="--exclude"))
 
 
+def apply_symbolic(mode: int, spec: str) -> int:
+    """chmod(1)'s symbolic modes ('u+x,g-w,o=r', 'a+X') applied to a regular file's mode."""
+    who_bits = {"u": 0o4700, "g": 0o2070, "o": 0o1007}
+    for clause in spec.split(","):
+        m = re.fullmatch(r"([ugoa]*)(.*)", clause)
+        assert m is not None
+        who = m.group(1).replace("a", "ugo") or "ugo"
+        for op, perms in re.findall(r"([-+=])([ugo](?![rwxXst])|[rwxXst]*)", m.group(2)):
+            bits = 0
+            if perms in ("u", "g", "o"):
+                src = {"u": (mode >> 6) & 7, "g": (mode >> 3) & 7, "o": mode & 7}[perms]
+                bits = sum(src << shift for w, shift in (("u", 6), ("g", 3), ("o", 0)) if w in who)
+            else:
+                for p in perms:
+                    if p == "r":
+                        bits |= 0o444
+                    elif p == "w":
+                        bits |= 0o222
+                    elif p == "x" or (p == "X" and mode & 0o111):
+                        bits |= 0o111
+                    elif p == "s":
+                        bits |= 0o6000
+                    elif p == "t":
+                        bits |= 0o1000
+                mask = sum(who_bits[w] for w in set(who))
+                bits &= mask
+            if op == "+":
+                mode |= bits
+            elif op == "-":
+                mode &= ~bits
+            else:
+                clear = sum(who_bits[w] & 0o777 for w in set(who))
+                mode = (mode & ~clear) | bits
+    return mode & 0o7777
+
+
+def _symbolic_mode(item: dict[str, Any], spec: str, span: ast.Span) -> int:
+    if item.get("kind") != "file" or "src_mode" not in item:
+        raise BuildError(f"--chmod={spec}: a symbolic mode is applied per file; it is supported for "
+                         "files from the context, not for directories or other stages yet",
+                         span=span, hint="use an octal mode such as --chmod=0755")
+    return apply_symbolic(int(item["src_mode"]), spec)
+
+
 def _check_chmod(chmod: str | None, span: ast.Span) -> None:
     if chmod is None:
         return
@@ -430,7 +480,7 @@ def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | No
                            f"context{' ' + repr(ctx.name) if ctx.name != 'context' else ''}",
                            span=span, hint=hint or "check the path; it is relative to the context directory")
     items: list[dict[str, Any]] = []
-    listed: list[tuple[Any, Any]] = []      # (match, exclude) for the lazy listing
+    listed: list[Any] = []      # the matches, for the lazy listing
     h = hashlib.sha256()
     root = str(ctx.root)
     for m in matches:
@@ -446,7 +496,7 @@ def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | No
             if is_add and entry.kind == "file" and _is_archive(ctx.root / m.target):
                 items.append({"src": str(ctx.root / m.target), "kind": "archive"})
             else:
-                items.append({"root": root, "rel": m.path, "kind": entry.kind,
+                items.append({"root": root, "rel": m.path, "kind": entry.kind, "src_mode": entry.mode,
                               "name": posixpath.dirname(kept) if kept else ""})
             listed.append(m)
         else:
@@ -514,6 +564,7 @@ def _is_archive(path: Path) -> bool:
 
 def _url_source(url: str, checksum: str | None, env: StepEnv, span: ast.Span) -> _Source:
     """Download an ADD URL (to compute its digest; the copy uses the downloaded file)."""
+    env.flags["volatile"] = True
     import email.utils
     import urllib.request
 
@@ -546,6 +597,7 @@ def _url_source(url: str, checksum: str | None, env: StepEnv, span: ast.Span) ->
 
 def _git_source(url: str, keep_git: bool, env: StepEnv, span: ast.Span) -> _Source:
     """Clone a git URL (``#ref[:subdir]`` fragment) at its resolved commit."""
+    env.flags["volatile"] = True
     base, _, frag = url.partition("#")
     ref, _, subdir = frag.partition(":")
     dest = Path(env.tmp) / f"git-{secrets.token_hex(6)}"

@@ -253,17 +253,16 @@ class RunHandler:
                 if plan.target:
                     sdir = step_dir / "secrets"
                     sdir.mkdir(exist_ok=True, mode=0o700)
-                    f = sdir / secrets.token_hex(6)
-                    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    secret_file = sdir / secrets.token_hex(6)
+                    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     with os.fdopen(fd, "wb") as fh:
                         fh.write(data)
-                    f.chmod(m.mode if m.mode is not None else 0o400)
-                    os.chown(f, m.uid or 0, m.gid or 0)
-                    out.append(specmod.bind_mount(str(f), plan.target, readonly=True))
+                    secret_file.chmod(m.mode if m.mode is not None else 0o400)
+                    os.chown(secret_file, m.uid or 0, m.gid or 0)
+                    out.append(specmod.bind_mount(str(secret_file), plan.target, readonly=True))
             elif plan.kind == "cache":
-                path = stack.enter_context(_cache_dir(env, plan.spec["id"], m))
-                out.append(specmod.bind_mount(str(path), plan.target, readonly=bool(m.readonly and
-                                                                                    m.readonly is not True)))
+                cache_path = stack.enter_context(_cache_dir(env, plan.spec["id"], m))
+                out.append(specmod.bind_mount(str(cache_path), plan.target, readonly=m.readonly))
             elif plan.kind == "bind":
                 out.append(self._bind(plan, m, env, step_dir))
         return out, secret_env
@@ -290,7 +289,7 @@ def _other_state(name: str, env: StepEnv, ins: ast.Instruction) -> StageState:
 
 def _expand_mount(m: ast.Mount, state: StageState, env: StepEnv, ins: ast.Run) -> ast.Mount:
     try:
-        from grammar import parse_mount  # type: ignore[attr-defined]
+        from grammar import parse_mount
     except ImportError:
         raise BuildError("RUN --mount with variables needs grammar.parse_mount", span=ins.span) from None
     values = state.expand_env()

@@ -17,8 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -355,6 +353,9 @@ class CredentialStore:
 
 
 def helper_call(helper: str, action: str, payload: str) -> str:
+    import shutil
+    import subprocess
+
     exe = shutil.which(f"docker-credential-{helper}")
     if exe is None:
         raise CredentialsError(

@@ -2,19 +2,20 @@
 blob-info cache, so a push can cross-repo mount instead of uploading.
 
 Kept in ``<store>/remote/blob-locations.json`` (a hint only: a stale entry costs one failed mount
-attempt). Updates are read-modify-write under an flock and atomic; the file is bounded.
-Stdlib only.
+attempt). Updates are read-modify-write under an flock and atomic (temp + rename, without the
+store's fsyncs: a hint lost in a crash costs one upload); the file is bounded. Stdlib only.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from registry.digest import Digest
-from registry.store import DirStore, atomic_write, flocked
+from registry.store import DirStore, flocked
 
 MAX_DIGESTS = 20000
 MAX_LOCATIONS = 8
@@ -75,8 +76,18 @@ class BlobInfoCache:
                 if len(data) > MAX_DIGESTS:
                     for key in list(data)[: len(data) - MAX_DIGESTS]:
                         del data[key]
-                atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode())
+                _replace(self.path, json.dumps(data, separators=(",", ":")).encode())
                 with self._lock:
                     self._data = data
         except OSError:
             pass
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

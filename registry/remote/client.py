@@ -176,12 +176,14 @@ class RegistryClient:
 
 
 def _drain(resp: requests.Response, limit: int = 64 * 1024) -> bytes:
+    """Read (up to ``limit`` bytes of) the body and close. A body read to its end hands the
+    connection back to the pool (a HEAD answer ends at once), so the next request reuses it."""
     try:
-        data = resp.raw.read(limit, decode_content=True) if resp.request.method != "HEAD" else b""
+        data = resp.raw.read(limit, decode_content=True)
     except Exception:  # noqa: BLE001 - an error body that cannot be read is just empty
         data = b""
     resp.close()
-    return bytes(data or b"")
+    return bytes(data or b"") if resp.request.method != "HEAD" else b""
 
 
 def _with_digest(location: str, digest: Digest) -> str:
@@ -247,9 +249,11 @@ class RepositoryClient:
         resp = self._req("HEAD", self._url("manifests", reference), headers={"Accept": MANIFEST_ACCEPT})
         with contextlib.closing(resp):
             if resp.status_code == 404:
+                _drain(resp)
                 return None
             if resp.status_code != 200:
                 raise self._fail(resp, f"manifest {self}:{reference}")
+            _drain(resp)
             dig = resp.headers.get("Docker-Content-Digest")
             if not dig:
                 return None
@@ -286,12 +290,12 @@ class RepositoryClient:
     def head_blob(self, digest: Digest) -> int | None:
         """The blob's size if the repository has it, else None."""
         resp = self._req("HEAD", self._url("blobs", str(digest)))
-        with contextlib.closing(resp):
-            if resp.status_code == 404:
-                return None
-            if resp.status_code != 200:
-                raise self._fail(resp, f"blob {digest} in {self}")
-            return int(resp.headers.get("Content-Length", "-1") or -1)
+        if resp.status_code not in (200, 404):
+            raise self._fail(resp, f"blob {digest} in {self}")
+        _drain(resp)
+        if resp.status_code == 404:
+            return None
+        return int(resp.headers.get("Content-Length", "-1") or -1)
 
     @contextlib.contextmanager
     def open_blob(

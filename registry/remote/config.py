@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -150,6 +149,8 @@ class RegistriesConfig:
         file = Path(path) if path is not None else default_config_path()
         doc: Mapping[str, Any] = {}
         if file is not None:
+            import tomllib
+
             try:
                 doc = tomllib.loads(file.read_text())
             except FileNotFoundError:

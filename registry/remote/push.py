@@ -11,15 +11,18 @@ Imports registry.* (requests via the client).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO
+from typing import Any
 
 from registry import mediatypes as mt
 from registry.digest import Digest
-from registry.errors import ImageNotFound, InvalidReference
+from registry.errors import ImageNotFound, InvalidReference, StoreCorrupt
 from registry.model import Descriptor, Index, Manifest
 from registry.reference import Reference, parse_reference
 from registry.remote.blobinfo import BlobInfoCache
@@ -27,6 +30,7 @@ from registry.remote.client import Remote, RepositoryClient
 from registry.remote.config import RegistriesConfig
 from registry.remote.errors import RegistryHTTPError, RemoteError, TransportError, UploadError
 from registry.remote.progress import Event, Progress, ignore
+from registry.remote.transport import SEND_BLOCK
 from registry.store import REF_NAME, DirStore
 
 log = logging.getLogger("pybuild." + __name__)
@@ -36,24 +40,62 @@ MIN_CHUNK = 64 << 10
 UPLOAD_ATTEMPTS = 4
 
 
+class _Verifier:
+    """The sha256 of one store blob, computed from the bytes the upload bodies read (in order,
+    whatever the chunking), so a blob is checked in the same pass that sends it. A body that
+    starts elsewhere (a resumed or retried chunk) first hashes, or re-hashes, the bytes before
+    it from the file."""
+
+    def __init__(self, path: str, digest: Digest, size: int) -> None:
+        self.path, self.digest, self.size = path, digest, size
+        self.hasher = hashlib.sha256()
+        self.done = 0                      # bytes hashed so far (a prefix of the blob)
+        self.lock = threading.Lock()
+
+    def seek(self, fd: int, start: int) -> None:
+        """Make the hash cover exactly [0, start) (caller holds the lock)."""
+        if start < self.done:
+            self.hasher, self.done = hashlib.sha256(), 0
+        while self.done < start:
+            data = os.pread(fd, min(SEND_BLOCK, start - self.done), self.done)
+            if not data:
+                break
+            self.hasher.update(data)
+            self.done += len(data)
+
+    def feed(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.done += len(data)
+        if self.done == self.size and self.hasher.hexdigest() != self.digest.hex:
+            raise StoreCorrupt(
+                self.path, f"blob {self.digest} has digest sha256:{self.hasher.hexdigest()}; not pushed"
+            )
+
+
 class _Slice:
-    """A re-openable window [start, start+length) of a store blob, streamed in blocks."""
+    """The body of one upload request: [start, start+length) of a store blob, read in large
+    blocks straight from the file and verified on the way: the blob's last block is handed
+    to the socket only after the whole blob matched its digest."""
 
     def __init__(
         self,
-        path: str,
+        verifier: _Verifier,
         start: int,
         length: int,
         on_read: Progress | None = None,
-        digest: str = "",
-        total: int = 0,
     ) -> None:
-        self._f: IO[bytes] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self._f.seek(start)
-        self._left = length
-        self._length = length
+        self._fd = os.open(verifier.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._v = verifier
+        self._pos, self._left, self._length = start, length, length
         self._on_read = on_read
-        self._digest, self._total, self._pos = digest, total, start
+        self._locked = False
+        verifier.lock.acquire()   # one body of a blob at a time feeds its hash
+        self._locked = True
+        try:
+            verifier.seek(self._fd, start)
+        except BaseException:
+            self.close()
+            raise
 
     def __len__(self) -> int:
         return self._length
@@ -62,19 +104,28 @@ class _Slice:
         if self._left <= 0:
             return b""
         want = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._f.read(want)
+        data = os.pread(self._fd, want, self._pos)
+        if not data:
+            raise StoreCorrupt(self._v.path, f"blob {self._v.digest} is shorter than {self._v.size} bytes")
+        if self._v.done == self._pos:
+            self._v.feed(data)     # raises before the last block leaves if the blob is corrupt
         self._left -= len(data)
         self._pos += len(data)
-        if self._on_read is not None and data:
-            self._on_read(Event("progress", self._digest, self._total, self._pos))
+        if self._on_read is not None:
+            self._on_read(Event("progress", str(self._v.digest), self._v.size, self._pos))
         return data
 
     def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.read(1 << 20):
+        while chunk := self.read(SEND_BLOCK):
             yield chunk
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._locked:
+            self._locked = False
+            self._v.lock.release()
 
 
 @dataclass(frozen=True)
@@ -105,13 +156,19 @@ class Pusher:
         self.progress = progress
         self.blobinfo = BlobInfoCache(store)
         self.counts = {"uploaded": 0, "mounted": 0, "existed": 0}
+        self._verifiers: dict[Digest, _Verifier] = {}
+        self._vlock = threading.Lock()
 
     # -- blobs -----------------------------------------------------------------------------
     def _body(self, digest: Digest, start: int, length: int, total: int):  # type: ignore[no-untyped-def]
-        path = str(self.store.blob_path(digest))
         if not self.store.has(digest):
             raise ImageNotFound(f"blob {digest}", hint="the local image is incomplete; pull or rebuild it")
-        return lambda: _Slice(path, start, length, self.progress, str(digest), total)
+        with self._vlock:
+            verifier = self._verifiers.get(digest)
+            if verifier is None:
+                path = str(self.store.blob_path(digest))
+                verifier = self._verifiers[digest] = _Verifier(path, digest, total)
+        return lambda: _Slice(verifier, start, length, self.progress)
 
     def push_blob(self, repo: RepositoryClient, desc: Descriptor) -> str:
         digest, size = desc.digest, desc.size
@@ -158,7 +215,7 @@ class Pusher:
                     self._chunked(repo, desc, location, chunk, min_len or 0)
                 else:
                     resp = repo.finish_upload(location, digest, self._body(digest, 0, size, size), size)
-                    with contextlib.closing(resp):
+                    with _released(resp):
                         if resp.status_code == 413:
                             # too large for one request: chunks, in a fresh session
                             chunk = min(DEFAULT_CHUNK, max(MIN_CHUNK, size // 4))
@@ -209,7 +266,7 @@ class Pusher:
                     raise
                 location, offset = repo.upload_status(location)
                 continue
-            with contextlib.closing(resp):
+            with _released(resp):
                 if resp.status_code in (202, 204):
                     location = _location(resp, location)
                     rng = resp.headers.get("Range")
@@ -228,7 +285,7 @@ class Pusher:
                     continue
                 raise repo.fail(resp, f"upload chunk of {digest} to {repo}")
         resp = repo.finish_upload(location, digest)
-        with contextlib.closing(resp):
+        with _released(resp):
             if resp.status_code not in (201, 204):
                 raise repo.fail(resp, f"finish upload of {digest} to {repo}")
 
@@ -305,6 +362,19 @@ class Pusher:
         self.blobinfo.flush()
 
 
+@contextlib.contextmanager
+def _released(resp: Any) -> Iterator[Any]:
+    """Like contextlib.closing, but a successful answer's (small) body is read first so the
+    connection is reused (an error answer is read by repo.fail)."""
+    try:
+        yield resp
+    finally:
+        if resp.status_code < 300:
+            with contextlib.suppress(Exception):
+                resp.raw.read(64 * 1024, decode_content=False)
+        resp.close()
+
+
 def _int(value: str | None) -> int:
     try:
         return int(value) if value else 0
@@ -328,6 +398,16 @@ def _location(resp: object, current: str) -> str:
 def resolve_local(store: DirStore, text: str) -> tuple[str, Descriptor]:
     """A stored image by name (normalized), digest or ID prefix, the way every verb resolves
     (registry.image); returns (its name or digest, the tagged descriptor: manifest or index)."""
+    if not text.startswith("sha256:") and not (len(text) == 64 and _is_hex(text)):
+        # The common case, a name tagged exactly so: what registry.image.resolve answers for
+        # it (the first index entry with that name), without importing it.
+        try:
+            ref = parse_reference(text.strip())
+        except InvalidReference:
+            ref = None
+        if ref is not None and ref.digest is None:
+            with contextlib.suppress(ImageNotFound):
+                return str(ref), store.resolve(str(ref))
     try:
         from registry.image import resolve
     except ImportError:  # pragma: no cover - the foundation module is part of the tree
@@ -336,6 +416,10 @@ def resolve_local(store: DirStore, text: str) -> tuple[str, Descriptor]:
     image = res.image
     name = res.name if res.kind == "name" and res.name else (image.names[0] if image.names else "")
     return name or str(image.target.digest), image.target
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _resolve_fallback(store: DirStore, text: str) -> tuple[str, Descriptor]:

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -132,6 +133,7 @@ class Transport:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}
+        self._probing: dict[str, threading.Lock] = {}
         self._contexts: dict[str, ssl.SSLContext | None] = {}
         self._sessions: list[requests.Session] = []
         if not self.config.tls_verify or self.config.insecure_hosts:
@@ -187,32 +189,49 @@ class Transport:
         """``https://host`` or, for loopback/insecure hosts that speak plain HTTP, ``http://host``.
 
         Like docker: try HTTPS first; fall back to HTTP only for hosts allowed to use it and only
-        when the HTTP endpoint answers like a registry (200/401 on /v2/).
+        when the HTTP endpoint answers like a registry (200/401 on /v2/). One probe per host,
+        however many threads ask at once.
         """
         scheme = self._schemes.get(host)
         if scheme is None:
-            scheme = self._probe(host)
-            self._schemes[host] = scheme
+            with self._lock:
+                lock = self._probing.setdefault(host, threading.Lock())
+            with lock:
+                scheme = self._schemes.get(host)
+                if scheme is None:
+                    scheme = self._probe(host)
+                    self._schemes[host] = scheme
         return f"{scheme}://{host}"
 
     def _probe(self, host: str) -> str:
         settings = self.settings(host)
         if not (settings.insecure or settings.loopback):
             return "https"
-        try:
-            resp = self._send_once("GET", f"https://{host}/v2/", {}, None, timeout=(5.0, 15.0))
-            resp.close()
-            return "https"
-        except TransportError as tls_exc:
+        url = f"https://{host}/v2/"
+        if settings.ca_files or settings.client_cert is not None or self._proxies(url):
             try:
-                resp = self._send_once("GET", f"http://{host}/v2/", {}, None, timeout=(5.0, 15.0))
-            except TransportError:
-                raise tls_exc from None
-            resp.close()
-            if resp.status_code in (200, 401) or "Docker-Distribution-Api-Version" in resp.headers:
-                log.debug("%s: https failed (%s); using plain http", host, tls_exc)
-                return "http"
+                resp = self._send_once("GET", url, {}, None, timeout=(5.0, 15.0))
+                _release(resp)
+                return "https"
+            except TransportError as exc:
+                tls_exc = exc
+        else:
+            # Does it speak TLS at all? A bare handshake answers that without loading the CA
+            # bundle (~20 ms); the requests that follow verify as the settings say.
+            try:
+                _tls_handshake(host, timeout=5.0)
+                return "https"
+            except OSError as exc:
+                tls_exc = TransportError("GET", url, _reason(exc))
+        try:
+            resp = self._send_once("GET", f"http://{host}/v2/", {}, None, timeout=(5.0, 15.0))
+        except TransportError:
             raise tls_exc from None
+        _release(resp)
+        if resp.status_code in (200, 401) or "Docker-Distribution-Api-Version" in resp.headers:
+            log.debug("%s: https failed (%s); using plain http", host, tls_exc)
+            return "http"
+        raise tls_exc from None
 
     # -- sending -------------------------------------------------------------------------
     def _verify(self, url: str) -> bool:
@@ -362,6 +381,36 @@ class Transport:
                 raise RedirectError(f"{method} {redact(url)}: redirected, and the body cannot be re-sent")
             url = nxt
         raise RedirectError(f"{method}: more than {MAX_REDIRECTS} redirects (last {redact(url)})")
+
+
+def _tls_handshake(host: str, *, timeout: float) -> None:
+    """Connect to ``host`` ([ip6]:port, name:port or name) and complete a TLS handshake without
+    verifying anything; raises OSError (ssl.SSLError included) when that fails."""
+    parts = urlsplit(f"//{host}")
+    name, port = parts.hostname or host, parts.port or 443
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((name, port), timeout=timeout) as sock:
+        sni = None if _is_ip(name) else name
+        with ctx.wrap_socket(sock, server_hostname=sni):
+            pass
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in name else socket.AF_INET, name)
+    except OSError:
+        return False
+    return True
+
+
+def _release(resp: requests.Response) -> None:
+    """Close a response whose body does not matter, reading what is left of a small one first
+    so its connection goes back to the pool instead of being closed."""
+    with contextlib.suppress(Exception):
+        resp.raw.read(64 * 1024, decode_content=False)
+    resp.close()
 
 
 def _origin(url: str) -> tuple[str, str, int]:

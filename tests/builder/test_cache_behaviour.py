@@ -104,3 +104,52 @@ def test_no_cache_runs_everything(busybox_store, context: Path) -> None:
     assert len(ran(rec)) == 4
     step = next(s for s in rec.steps if s.status == "RAN")
     assert step.reasons[0].startswith("cache disabled")
+
+
+STAGES = """\
+FROM busybox AS one
+RUN echo one > /one
+FROM busybox AS two
+COPY --from=one /one /one
+RUN cat /one > /two
+FROM busybox AS unused
+RUN exit 1
+"""
+
+
+def test_target_skips_unused_stages_and_no_cache_filter(busybox_store, tmp_path: Path) -> None:
+    root = busybox_store.store.root
+    ctx = write_tree(tmp_path / "ctx", {"Dockerfile": STAGES})
+    _, rec = must_build(root, ctx, "--target", "two")
+    assert ran(rec) == ["RUN echo one > /one", "COPY --from=one /one /one", "RUN cat /one > /two"]
+    _, rec = must_build(root, ctx, "--target", "two", "--no-cache-filter", "one")
+    assert ran(rec) == ["RUN echo one > /one"]
+
+
+def test_memo_fast_path_checks_every_input(busybox_store, context: Path) -> None:
+    from builder.memo import memo_key, try_memo
+    from builder.options import make_options
+    from builder.progress import Collect
+    from registry.store import DirStore
+
+    root = busybox_store.store.root
+    first, _ = must_build(root, context, "-t", "memo:1")
+    store = DirStore(root)
+    opts = make_options(context_dir=str(context), dockerfile=None, tags=["memo:1"])
+    assert memo_key(opts) is not None
+    hit = try_memo(store, opts, Collect())
+    assert hit is not None and hit.image_id == first
+    assert {s.status for s in hit.record.steps} <= {"CACHED", "META"}
+    # any moved input means "build normally"
+    assert try_memo(store, make_options(context_dir=str(context), dockerfile=None,
+                                        build_args=["VERSION=9"]), Collect()) is None
+    os.utime(context / "a.txt", None)
+    assert try_memo(store, opts, Collect()) is None
+    must_build(root, context, "-t", "memo:1")             # refreshes the memo (all steps cached)
+    assert try_memo(store, opts, Collect()) is not None
+    busybox = store.resolve("docker.io/library/busybox:latest")
+    store.tag("docker.io/library/busybox:latest", store.resolve("docker.io/library/memo:1"))
+    assert try_memo(store, opts, Collect()) is None       # the base image moved
+    store.tag("docker.io/library/busybox:latest", busybox)
+    assert try_memo(store, make_options(context_dir=str(context), dockerfile=None, tags=["memo:1"],
+                                        no_cache=True), Collect()) is None

@@ -98,6 +98,7 @@ COPY --exclude=*.txt dir /d9/
 COPY <<EOF /d10/inline.txt
 inline $MSG
 EOF
+COPY --chmod=u+x,g+w a.txt /d11/
 WORKDIR /w
 COPY a.txt rel/
 """
@@ -125,6 +126,7 @@ def test_copy_path_rules(busybox_store, tmp_path: Path) -> None:
     assert sorted(str(p.relative_to(out / "d9")) for p in (out / "d9").rglob("*")) == ["sub", "sub/y.txt"]
     assert (out / "d10/inline.txt").read_text() == "inline heredoc\n"
     assert (out / "w/rel/a.txt").read_text() == "A\n"
+    assert (out / "d11/a.txt").stat().st_mode & 0o7777 == 0o764
 
 
 def test_copy_several_sources_needs_a_directory(busybox_store, tmp_path: Path) -> None:
@@ -278,3 +280,20 @@ def test_archive_and_tar_outputs(busybox_store, tmp_path: Path) -> None:
         member = t.extractfile("hi")
         assert member is not None and member.read() == b"hi\n"
         assert "bin/busybox" in t.getnames()
+
+
+def test_secret_env_and_tmpfs_mounts(busybox_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PB_TOKEN", "t0ken")
+    ctx = write_tree(tmp_path / "ctx", {"Dockerfile": (
+        "FROM busybox\n"
+        "RUN --mount=type=secret,id=tok,env=TOKEN --mount=type=tmpfs,target=/scratch "
+        "echo \"len=${#TOKEN}\" > /secret.txt && touch /scratch/x && mount | grep -c ' /scratch ' > /tmpfs.txt\n")})
+    out = tmp_path / "out"
+    must_build(busybox_store.store.root, ctx, "--secret", "id=tok,env=PB_TOKEN", "-o", f"type=local,dest={out}")
+    assert (out / "secret.txt").read_text() == "len=5\n"
+    assert (out / "tmpfs.txt").read_text() == "1\n"
+    assert not (out / "scratch").exists()
+    # the secret's value is in no cache key: another value is still a cache hit
+    monkeypatch.setenv("PB_TOKEN", "other-value")
+    _, rec = must_build(busybox_store.store.root, ctx, "--secret", "id=tok,env=PB_TOKEN")
+    assert [s.status for s in rec.steps if s.instruction.startswith("RUN")] == ["CACHED"]

@@ -159,3 +159,11 @@ def test_rfc3339_round_trip() -> None:
     assert parse_rfc3339("0001-01-01T00:00:00Z") is None
     assert abs((parse_rfc3339("2023-11-14T23:13:20+01:00") or 0) - 1_700_000_000) < 1e-6
     assert time.time() - (parse_rfc3339(rfc3339_nano()) or 0) < 5
+
+
+def test_a_corrupt_record_is_skipped_by_listings(tmp_path: Path) -> None:
+    cs = ContainerStore(tmp_path)
+    good = cs.create(_rec(cs, "good"))
+    bad = cs.create(_rec(cs, "bad"))
+    (bad.dir / "container.json").write_text("{not json")
+    assert [c.id for c in ContainerStore(tmp_path).list_all()] == [good.id]

@@ -116,3 +116,153 @@ def test_compressed_bytes_do_not_depend_on_write_sizes(codec: str) -> None:
         out.seek(0)
         assert decompressor(out, codec).read() == data
     assert len(digests) == 1
+
+
+# -- the header encoder and the threaded layer writer -------------------------------------------
+from registry import layertar  # noqa: E402
+from registry.compression import REBLOCK, block_compressor  # noqa: E402
+from registry.layertar import _header_tarfile, header  # noqa: E402
+
+_NAMES = ["f", "a" * 99, "a" * 100, "a" * 101, "d/" + "x" * 150 + "/y", "ünï/çødé", "bad-\udcff-utf8",
+          "sp ace/new\nline", "x" * 300]
+
+
+def _header_cases() -> list[TarEntry]:
+    cases = []
+    for name in _NAMES:
+        for kind in ("file", "dir", "symlink", "hardlink", "char", "block", "fifo"):
+            link = {"symlink": "../" + name, "hardlink": name}.get(kind, "")
+            cases.append(TarEntry(name, kind, size=7 if kind == "file" else 0,  # type: ignore[arg-type]
+                                  linkname=link, devmajor=8, devminor=1))
+    big = [0, 1, 0o7777777, 0o10000000, 2**32, -1]
+    for i, v in enumerate(big):
+        cases.append(TarEntry(f"ids{i}", "file", uid=v, gid=big[-1 - i], mode=0o7777 if i % 2 else 0o600))
+    for size in (0, 8**11 - 1, 8**11, 2**40):
+        cases.append(TarEntry("sz", "file", size=size))
+    cases += [
+        TarEntry("x", "file", xattrs={"user.a": b"1", "security.capability": b"\x01\x00\x00\x02"}),
+        TarEntry("bin", "dir", xattrs={"user.bin": b"\xff\xfe\x00", "trusted.t": b"v" * 1000}),
+        TarEntry("dev/big", "char", devmajor=0o7777777, devminor=0),
+        TarEntry("l", "symlink", linkname="ü" * 40),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("mtime", [0, 1_700_000_000, 8**11 - 1, 8**11, 2**40])
+def test_header_encoder_matches_tarfile(mtime: int) -> None:
+    """The fast encoder is byte-identical to tarfile's PAX writer (layer digests depend on it)."""
+    for entry in _header_cases():
+        assert header(entry, mtime) == _header_tarfile(entry, mtime), entry
+
+
+def test_header_encoder_refuses_what_tarfile_refuses() -> None:
+    for entry in (TarEntry("dev/x", "block", devmajor=8**7), TarEntry("dev/y", "char", devminor=-1)):
+        with pytest.raises(ValueError):
+            _header_tarfile(entry, 0)
+        with pytest.raises(ValueError):
+            header(entry, 0)
+    odd = TarEntry("f", "file", mtime=0)
+    assert header(odd, 1.5) == _header_tarfile(odd, 1.5)  # type: ignore[arg-type]
+
+
+def _big_tree(tmp_path) -> list[TarEntry]:  # type: ignore[no-untyped-def]
+    """~6 MiB over files of awkward sizes (block boundaries fall inside files and headers)."""
+    entries = [TarEntry("d", "dir", mode=0o755, mtime=5)]
+    for i, size in enumerate((0, 1, 511, 512, 513, REBLOCK - 512, REBLOCK + 1, 3 * REBLOCK + 77, 12345)):
+        p = tmp_path / f"src{i}"
+        p.write_bytes((b"%d-layer-bytes " % i) * (size // 14) + os.urandom(size % 14))
+        entries.append(TarEntry(f"d/f{i}", "file", size=size, source=p, mtime=7,
+                                xattrs={"user.i": b"%d" % i}))
+    entries.append(TarEntry("d/mem", "file", size=5, data=b"hello"))
+    return entries
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "none"])
+def test_threaded_layer_equals_inline_and_reference(store, tmp_path, monkeypatch, codec: str) -> None:
+    """The codec thread changes nothing: threaded, inline and write_tar + compressor() give the
+    same blob and diff_id."""
+    entries = _big_tree(tmp_path)
+    assert sum(e.size for e in entries) > layertar.THREADED_MIN
+    threaded = write_layer(entries, store, codec)  # type: ignore[arg-type]
+    monkeypatch.setattr(layertar, "THREADED_MIN", 1 << 62)
+    inline = write_layer(entries, store, codec)  # type: ignore[arg-type]
+    assert threaded == inline
+    raw = io.BytesIO()
+    write_tar(entries, raw)
+    out = io.BytesIO()
+    w = compressor(out, codec)  # type: ignore[arg-type]
+    for i in range(0, len(raw.getvalue()), 4096):
+        w.write(raw.getvalue()[i:i + 4096])
+    w.close()
+    assert Digest.of(raw.getvalue()) == threaded.diff_id
+    assert len(raw.getvalue()) == threaded.uncompressed_size
+    assert Digest.of(out.getvalue()) == threaded.descriptor.digest
+    with tarfile.open(fileobj=io.BytesIO(raw.getvalue())) as tf:
+        for e in entries:
+            if e.kind == "file" and e.source is not None:
+                assert tf.extractfile(e.path).read() == e.source.read_bytes()  # type: ignore[union-attr]
+
+
+def test_block_compressor_fed_blocks_equals_compressor() -> None:
+    data = os.urandom(REBLOCK) + b"text " * 400_000
+    a, b = io.BytesIO(), io.BytesIO()
+    w = compressor(a, "gzip")
+    w.write(data)
+    w.close()
+    raw = block_compressor(b, "gzip")
+    for i in range(0, len(data), REBLOCK):
+        raw.write(data[i:i + REBLOCK])
+    raw.close()
+    assert a.getvalue() == b.getvalue()
+
+
+def _ingest_leftovers(store) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(p.name for p in store.ingest_dir.iterdir())
+
+
+def test_threaded_write_failure_leaves_nothing(store, tmp_path) -> None:
+    """A source that vanishes mid-layer: the error surfaces, no blob is committed, the codec
+    threads are gone and the switch interval is restored."""
+    import sys
+    import threading
+
+    entries = _big_tree(tmp_path)
+    entries.append(TarEntry("zz/gone", "file", size=10, source=tmp_path / "does-not-exist"))
+    before = set(store.walk())
+    interval = sys.getswitchinterval()
+    with pytest.raises(FileNotFoundError):
+        write_layer(entries, store, "gzip")
+    assert set(store.walk()) == before
+    assert _ingest_leftovers(store) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("pybuild-layer")]
+    assert sys.getswitchinterval() == interval
+
+
+def test_threaded_store_failure_is_raised(store, tmp_path, monkeypatch) -> None:
+    """The store write failing in the writer thread (disk full) stops the layer with that error."""
+    import errno
+
+    from registry.store import BlobWriter
+
+    real = BlobWriter.write
+
+    def write(self, data):  # type: ignore[no-untyped-def]
+        if self.written > 2 * REBLOCK:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(BlobWriter, "write", write)
+    before = set(store.walk())
+    with pytest.raises(OSError, match="No space"):
+        write_layer(_big_tree(tmp_path), store, "none")
+    assert set(store.walk()) == before
+    assert _ingest_leftovers(store) == []
+
+
+def test_shrunk_source_is_padded(tmp_path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"abc")
+    buf = io.BytesIO()
+    write_tar([TarEntry("f", "file", size=REBLOCK + 10, source=src)], buf)
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        assert tf.extractfile("f").read() == b"abc" + bytes(REBLOCK + 7)  # type: ignore[union-attr]

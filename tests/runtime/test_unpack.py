@@ -303,3 +303,87 @@ def test_os_errors_name_the_entry(tmp_path: Path) -> None:
     with pytest.raises(LayerError) as err:
         unpack_overlay_layer(io.BytesIO(make_tar(entries)), tmp_path)
     assert err.value.entry == "x" * 300 and "too long" in str(err.value)
+
+
+# -- the fast header path is tarfile's own answer ------------------------------------------------
+_ATTRS = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname", "uname",
+          "gname", "devmajor", "devminor", "offset", "offset_data", "pax_headers", "sparse")
+
+
+def _members(raw: bytes, fast: bool, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    import runtime.unpack as unpack
+
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(unpack, "_plain_header", lambda buf, end: None)
+        reader = TarReader(io.BytesIO(raw))
+        out: list[tuple[object, ...]] = []
+        while True:
+            try:
+                info = reader.next()
+            except LayerError as exc:
+                out.append(("error", exc.why))
+                break
+            if info is None:
+                break
+            out.append((*(getattr(info, a) for a in _ATTRS), reader.offset))
+    return out
+
+
+def _crafted(name: bytes, kind: bytes = b"0", *, prefix: bytes = b"", uid: bytes = b"0000000\0",
+             size: bytes = b"00000000003\0", magic: bytes = b"ustar\x0000", chksum: int | None = None,
+             data: bytes = b"abc") -> bytes:
+    block = bytearray(512)
+    block[0:len(name)] = name
+    block[100:108] = b"0000644\0"
+    block[108:116] = uid
+    block[116:124] = b"0000000\0"
+    block[124:136] = size
+    block[136:148] = b"00000000001\0"
+    block[148:156] = b" " * 8
+    block[156:157] = kind
+    block[257:265] = magic
+    block[345:345 + len(prefix)] = prefix
+    value = sum(block) if chksum is None else chksum
+    block[148:156] = b"%06o\0 " % value
+    return bytes(block) + data + bytes(-len(data) % 512)
+
+
+def test_fast_header_path_equals_tarfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every member of tars made by GNU tar (gnu/ustar/pax), Python's tarfile (ustar prefixes,
+    pax) and hand-made odd headers parses to the same TarInfo and next offset either way."""
+    src = _gnu_tree(tmp_path)
+    tars: list[bytes] = []
+    for fmt in ("gnu", "ustar", "pax"):
+        out = tmp_path / f"{fmt}.tar"
+        proc = subprocess.run(["tar", f"--format={fmt}", "-cf", str(out), "-C", str(src), "."],
+                              capture_output=True)
+        if proc.returncode == 0:     # ustar refuses the 150-character name: that is fine
+            tars.append(out.read_bytes())
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            for i, path in enumerate(("a" * 90 + "/" + "b" * 90, "dir/", "ü/x", "p" * 120 + "/q")):
+                info = tarfile.TarInfo(path)
+                info.type = tarfile.DIRTYPE if path.endswith("/") else tarfile.REGTYPE
+                info.size = 0 if info.isdir() else 3
+                info.uid = 3_000_000 if i == 1 and fmt != tarfile.USTAR_FORMAT else 7
+                tf.addfile(info, None if info.isdir() else io.BytesIO(b"xyz"))
+        tars.append(buf.getvalue())
+    odd = [
+        _crafted(b"plain"),
+        _crafted(b"d//", b"5", prefix=b"pre//", size=b"00000000000\0", data=b""),
+        _crafted(b"spaces", size=b" 3 \0\0\0\0\0\0\0\0\0"),
+        _crafted(b"b256", uid=b"\x80\0\0\0\0\0\0\x07"),
+        _crafted(b"badsum", chksum=1),
+        _crafted(b"gnumagic", magic=b"ustar  \0"),
+        _crafted(b"sym", b"2", size=b"00000000003\0"),   # data after a symlink is not skipped
+        _crafted(b"notoctal", size=b"0000000009\0\0"),
+        _crafted(b"v7dir/", b"\0", size=b"00000000000\0", data=b""),
+    ]
+    for block in odd:
+        tars.append(block + bytes(1024))
+    tars.append(b"".join(odd[:4]) + bytes(1024))
+    for raw in tars:
+        assert _members(raw, True, monkeypatch) == _members(raw, False, monkeypatch)
+    assert any(len(_members(t, True, monkeypatch)) > 10 for t in tars)

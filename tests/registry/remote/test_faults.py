@@ -421,3 +421,28 @@ def test_blob_info_cache_file_is_bounded_json(fake_registry: FakeRegistry, store
     data = json.loads((store.root / "remote" / "blob-locations.json").read_text())
     assert data[img.layers[0]] == [[fake_registry.host, "app/cache"]]
     assert hashlib.sha256(img.layer_data[0]).hexdigest() in img.layers[0]
+
+
+@pytest.mark.parametrize("chunk", [None, 100_000])
+def test_corrupt_store_blob_is_refused_before_its_last_byte(  # type: ignore[no-untyped-def]
+    fake_registry_factory, store: DirStore, chunk: int | None
+) -> None:
+    """Push verifies what it reads from the store in the pass that sends it: a damaged blob
+    fails as StoreCorrupt and its final block never leaves, so the registry holds nothing."""
+    from registry.errors import StoreCorrupt
+
+    src: FakeRegistry = fake_registry_factory()
+    dst: FakeRegistry = fake_registry_factory()
+    img = _stored(store, src, "app/bad", (300_000,))
+    path = store.blob_path(Digest.parse(img.layers[0]))
+    data = bytearray(path.read_bytes())
+    data[150_000] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    with fast_remote() as remote, pytest.raises(StoreCorrupt, match=img.layers[0]):
+        push_image(store, f"{src.host}/app/bad:latest", f"{dst.host}/copy/bad:1", remote=remote,
+                   chunk_size=chunk, jobs=1)
+    assert img.layers[0] not in dst.blobs
+    sent = sum(r.body_len for r in dst.requests if r.method in ("PUT", "PATCH") and r.body_len > 1000)
+    assert sent < 300_000
+    assert ("copy/bad", "1") not in dst.manifests

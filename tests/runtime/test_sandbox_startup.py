@@ -1,0 +1,219 @@
+"""The fast-start machinery of the sandbox (issue 4's latency target) keeps its promises: a
+pre-spawned child runs the container like a fresh one and vanishes when unused; a command
+that exits before start() returns keeps its exit status; PID 1 joins its cgroup itself;
+ephemeral (`run --rm`) snapshots mount overlay 'volatile', skip fsyncs and refuse to be
+committed or mounted twice; the child's JSON writer is json.dumps'."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime import nsinit, sandbox
+from runtime.snapshots import OverlaySnapshotter, SnapshotStateError
+from tests.runtime import sandboxkit as kit
+from tests.runtime.sandboxkit import Rootfs, make_spec
+
+busybox_chain, rootfs, no_leaks = kit.busybox_chain, kit.rootfs, kit.no_leaks
+
+root_overlay = [pytest.mark.needs_root, pytest.mark.needs_overlay, pytest.mark.usefixtures("no_leaks")]
+
+
+def _output(proc_out: int) -> str:
+    os.lseek(proc_out, 0, os.SEEK_SET)
+    return os.read(proc_out, 65536).decode()
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_overlay
+@pytest.mark.usefixtures("no_leaks")
+def test_prespawned_child_runs_the_container(rootfs: Rootfs) -> None:
+    with tempfile.TemporaryFile() as out:
+        child = sandbox.spawn_child((None, out.fileno(), out.fileno()))
+        time.sleep(0.05)                      # the container is decided later
+        spec = make_spec(rootfs, ["sh", "-c", "echo pid=$$; cat /proc/self/cgroup"])
+        status = sandbox.run(spec, rootfs_mounts=rootfs.mounts, child=child, forward_signals=False)
+        text = _output(out.fileno())
+    assert status.exit_code == 0
+    assert "pid=1" in text
+    assert child.used
+    if Path("/sys/fs/cgroup/pids/tasks").is_file():       # cgroup v1: PID 1 joined by itself
+        assert "pids:/pybuild-" in text or "pids:/" in text and "pybuild-" in text
+
+
+@pytest.mark.needs_root
+def test_unused_prespawned_child_exits_and_is_reaped() -> None:
+    child = sandbox.spawn_child((None, None, None))
+    pid = child.popen.pid
+    child.close()
+    assert child.popen.returncode == 125            # EOF on its control pipe: it gave up
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)                  # reaped already, no zombie left
+    child.close()                                    # idempotent
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_overlay
+@pytest.mark.usefixtures("no_leaks")
+def test_a_child_made_for_a_terminal_is_refused_for_plain_stdio(rootfs: Rootfs) -> None:
+    child = sandbox.spawn_child((None, None, None), terminal=True)
+    spec = make_spec(rootfs, ["true"])                # no tty
+    with pytest.raises(sandbox.SandboxError, match="does not fit"):
+        sandbox.start(spec, rootfs_mounts=rootfs.mounts, child=child)
+    assert child.popen.returncode is not None         # consumed and cleaned up
+
+
+class _SlowSelect:
+    """select.select that first gives the container time to exit (the race being tested)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(select, name)
+
+    @staticmethod
+    def select(*args: object) -> object:
+        time.sleep(0.3)
+        return select.select(*args)  # type: ignore[call-overload]
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_overlay
+@pytest.mark.usefixtures("no_leaks")
+def test_exit_of_a_command_gone_before_start_returns_is_kept(rootfs: Rootfs,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`true` can exit (and its shim report it) before start() has looked for setup errors;
+    that message must reach wait(), not be swallowed (it used to give exit 255)."""
+    monkeypatch.setattr(sandbox, "select", _SlowSelect())
+    spec = make_spec(rootfs, ["sh", "-c", "exit 7"])
+    with open(os.devnull, "wb") as null:
+        proc = sandbox.start(spec, rootfs_mounts=rootfs.mounts, stdio=(None, null, null))
+        assert proc.wait().exit_code == 7
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_overlay
+@pytest.mark.usefixtures("no_leaks")
+def test_fast_commands_always_report_their_status(rootfs: Rootfs) -> None:
+    spec = make_spec(rootfs, ["true"])
+    codes = [sandbox.run(spec, rootfs_mounts=rootfs.mounts, stdio=(None, None, None),
+                         forward_signals=False).exit_code for _ in range(15)]
+    assert codes == [0] * 15
+
+
+# -- ephemeral snapshots ------------------------------------------------------------------------
+@pytest.mark.needs_root
+@pytest.mark.needs_overlay
+@pytest.mark.usefixtures("no_leaks")
+def test_ephemeral_snapshot_is_volatile_and_single_use(busybox_chain: tuple[OverlaySnapshotter, str],
+                                                       tmp_path: Path) -> None:
+    sn, top = busybox_chain
+    key = f"eph-{os.getpid()}-{tmp_path.name}"
+    mounts = sn.prepare(key, top, ephemeral=True)
+    try:
+        info = sn.stat(key)
+        assert info.ephemeral and info.kind == "active"
+        meta = json.loads((sn.root / str(info.id) / "meta.json").read_text())
+        assert meta["ephemeral"] is True
+        assert mounts[0].type == "overlay" and "volatile" in mounts[0].options
+        assert sn.mounts(key) == mounts
+        with pytest.raises(SnapshotStateError, match="ephemeral"):
+            sn.commit(f"{key}-c", key)
+        target = tmp_path / "root"
+        target.mkdir()
+        state = tmp_path / "state"
+        state.mkdir()
+        for name in ("hosts", "hostname", "resolv.conf"):
+            (state / name).write_text("x\n")
+        rf = Rootfs(sn, key, mounts, target, state)
+        spec = make_spec(rf, ["sh", "-c", "echo data > /written; grep ' / ' /proc/self/mountinfo"])
+        with tempfile.TemporaryFile() as out:
+            assert sandbox.run(spec, rootfs_mounts=mounts, stdio=(None, out.fileno(), out.fileno()),
+                               forward_signals=False).exit_code == 0
+            text = _output(out.fileno())
+        assert "volatile" in text
+        assert (sn.upper_dir(key) / "written").read_text() == "data\n"     # data is there
+        # mounted once: a second mount is refused by the kernel, with an explanation
+        spec = make_spec(rf, ["true"])
+        with pytest.raises(sandbox.SetupFailed, match="mounted already"):
+            sandbox.run(spec, rootfs_mounts=mounts, stdio=(None, None, None), forward_signals=False)
+    finally:
+        sn.remove(key)
+    assert not sn.exists(key)
+
+
+def test_durable_snapshot_metadata_is_still_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only ephemeral snapshots skip fsync; layers and build steps stay crash-safe."""
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    sn = OverlaySnapshotter(tmp_path / "snaps")
+    sn.prepare("durable", None)
+    assert synced, "a durable snapshot's metadata must be fsynced"
+    synced.clear()
+    sn.prepare("eph", None, ephemeral=True)
+    assert synced == []
+    assert sn.stat("eph").ephemeral and not sn.stat("durable").ephemeral
+    assert "volatile" not in sn.mounts("durable")[0].options
+
+
+def test_remove_of_an_active_snapshot_does_not_read_every_snapshot(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    sn = OverlaySnapshotter(tmp_path / "snaps")
+    for i in range(5):
+        sn.prepare(f"base-{i}", None)
+        sn.commit(f"layer-{i}", f"base-{i}")
+    sn.prepare("work", "layer-0")
+    walked: list[int] = []
+    real_walk = sn.walk
+
+    def counting_walk():  # type: ignore[no-untyped-def]
+        walked.append(1)
+        return real_walk()
+
+    monkeypatch.setattr(sn, "walk", counting_walk)
+    sn.remove("work")
+    assert walked == []
+    from runtime.snapshots import SnapshotInUse
+
+    sn.prepare("work2", "layer-1")
+    with pytest.raises(SnapshotInUse):
+        sn.remove("layer-1")                     # a committed parent: still checked
+    assert walked
+
+
+# -- the child's message encoder ----------------------------------------------------------------
+def test_child_json_writer_matches_json_dumps() -> None:
+    rng = random.Random(7)
+    docs: list[object] = [
+        {"type": "error", "stage": "exec", "errno": 2, "argv0": "x\"y\\z\n\t\x01\x7f\b\f",
+         "message": "é ☃ 𝄞 \udc80", "exit": 127},
+        {"a": [1, -2, None, True, False, "s", 1.5], "b": {"c": []}, "n": 2**70},
+    ]
+    for _ in range(3000):
+        text = "".join(chr(rng.choice((rng.randint(0, 0x7F), rng.randint(0x80, 0x10FFFF))))
+                       for _ in range(rng.randint(0, 20)))
+        docs.append({"k": text, "v": [rng.randint(-10**9, 10**9)]})
+    for doc in docs:
+        line = nsinit.dumps(doc)
+        assert line == json.dumps(doc, separators=(",", ":"))
+        assert json.loads(line) == doc
+    with pytest.raises(TypeError):
+        nsinit.dumps({"x": object()})
+
+
+def test_control_frames_carry_json_types_only() -> None:
+    r, w = os.pipe()
+    try:
+        sandbox._send_frame(w, {"spec": {"args": ("sh", "-c"), "n": 1, "none": None}})
+        assert nsinit.recv_frame(r) == {"spec": {"args": ["sh", "-c"], "n": 1, "none": None}}
+        with pytest.raises(TypeError):
+            sandbox._send_frame(w, {"path": Path("/x")})
+    finally:
+        os.close(r)
+        os.close(w)
