@@ -18,7 +18,9 @@ from registry.digest import Digest
 from registry.model import canonical_json
 
 # Bump whenever the meaning of a field changes: old records then simply never match.
-CACHE_SCHEMA = 1
+# 2: --chown NAME gets the user's primary gid, WORKDIR under a numeric USER gets gid = uid,
+#    --chmod symbolic per file for every source (runtime.fileops), COPY --link keys.
+CACHE_SCHEMA = 2
 _DOMAIN = b"pybuild-cache\x00"
 
 # Docker's predefined proxy args: usable in RUN, never in history or cache keys.
@@ -64,6 +66,13 @@ class KeyDoc:
 def base_doc(image: str, platform: str) -> KeyDoc:
     """The root of a stage's chain: the base image's manifest digest (or 'scratch')."""
     return KeyDoc("base", "", {"image": image, "platform": platform})
+
+
+def link_key(parent: Digest | str, step_key: Digest | str) -> Digest:
+    """The stage's key after a ``COPY --link`` step. The step's own key (its layer) leaves the
+    parent out, so the layer is reused on any base; the steps after it must still depend on
+    both, as a BuildKit merge of the base and the linked layer does."""
+    return KeyDoc("link", str(parent), {"layer": str(step_key)}).digest()
 
 
 @dataclass(frozen=True, slots=True)

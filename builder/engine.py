@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from builder import progress as ev
 from builder.cache import BuildCache, StepResult
-from builder.cachekey import PROXY_ARGS, KeyDoc, Reason, base_doc, explain
+from builder.cachekey import PROXY_ARGS, KeyDoc, Reason, base_doc, explain, link_key
 from builder.errors import BuildError, ContextError, StageNotFound, StepFailed
 from builder.options import BuildOptions
 from builder.plan import BuildPlan, PlanStage, make_plan, resolve_stage_name
@@ -541,6 +541,7 @@ class Engine:
                           {"snapshot": outcome.snapshot} if outcome.snapshot else {})
 
     def _apply(self, result: StepResult, prep: Any, state: StageState) -> None:
+        parent_key = state.key
         prep.local(state)
         if prep.config is not None:
             state.config = prep.config
@@ -552,6 +553,8 @@ class Engine:
         state.history.append(h)
         state.extra["created"] = h.created
         state.key = result.key
+        if prep.data.get("link") and prep.doc is not None and not prep.doc.parent:
+            state.key = link_key(parent_key, result.key)   # COPY --link: key without its parent
 
     def _gc_root(self, key: Digest, layer: Descriptor) -> None:
         from registry.gc import write_root

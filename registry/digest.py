@@ -19,6 +19,8 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True, slots=True, order=True)
 class Digest:
+    """A parsed ``sha256:<hex>`` digest."""
+
     algorithm: str
     hex: str
 

@@ -316,6 +316,8 @@ class ImageEntry:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
+    """What ``list_images`` found."""
+
     entries: list[ImageEntry]
     problems: list[tuple[str, str]]   # (name or digest, what is wrong) for unreadable entries
 
@@ -618,6 +620,8 @@ def inspect_view(image: StoreImage) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
+    """One row of ``pybuild history``."""
+
     image_id: Digest | None     # the image's ID on the top row; None (docker's <missing>) below
     created: datetime | None
     created_raw: str

@@ -1,15 +1,8 @@
-"""Deterministic layer tars (DESIGN C3): sorted entries, numeric owners with empty
-uname/gname, PAX format, no atime/ctime, mtimes clamped to SOURCE_DATE_EPOCH when given,
-xattrs as SCHILY.xattr records, OCI whiteout markers.
-
-The headers come from a small encoder that gives byte for byte what
-``tarfile.TarInfo.tobuf(PAX_FORMAT, "utf-8", "surrogateescape")`` gives for these fields
-(tests/registry/test_codecs_layertar.py compares them). The stream is packed into
-``REBLOCK``-sized blocks (file data read straight into them); ``write_layer`` hashes each block
-(diff_id) and hands it to a compressor thread through a small pool of buffers, so reading
-and compressing overlap while the codec sees the same blocks as ``compressor()`` would: the
-bytes do not depend on the threading. Stdlib only (codecs imported lazily by
-registry.compression).
+"""Deterministic layer tars (DESIGN C3): sorted entries, numeric owners, empty uname/gname, PAX,
+no atime/ctime, mtimes clamped to SOURCE_DATE_EPOCH, SCHILY.xattr records, OCI whiteouts.
+Headers are byte-identical to tarfile's PAX output; the stream goes out in REBLOCK blocks, which
+write_layer compresses in a codec thread fed the same blocks as compressor() (bytes independent
+of threading), hashing diff_id and blob digest in the same pass. Stdlib only (+ codecs, lazily).
 """
 
 from __future__ import annotations
@@ -298,15 +291,18 @@ def _write_entries(items: Iterable[TarEntry], out: _Blocks, clamp_mtime: int | N
 def write_tar(entries: Iterable[TarEntry], out: Writable, *, clamp_mtime: int | None = None,
               sort: bool = True) -> None:
     """Write a complete tar stream of ``entries`` (sorted unless ``sort=False``) to ``out``
-    in ``REBLOCK``-sized writes (each a fresh buffer, never reused)."""
+    in ``REBLOCK``-sized writes."""
     def emit(buf: bytearray, n: int) -> None:
-        out.write(buf if n == len(buf) else bytes(memoryview(buf)[:n]))
+        out.write(bytes(memoryview(buf)[:n]))
 
-    _write_entries(_ordered(entries, sort), _Blocks(emit, lambda: bytearray(REBLOCK)), clamp_mtime)
+    reuse = bytearray(REBLOCK)
+    _write_entries(_ordered(entries, sort), _Blocks(emit, lambda: reuse), clamp_mtime)
 
 
 @dataclass(frozen=True, slots=True)
 class LayerBlob:
+    """A stored layer: its compressed descriptor and its diff_id."""
+
     descriptor: Descriptor   # media type + digest/size of the *compressed* blob
     diff_id: Digest          # sha256 of the *uncompressed* tar (ImageConfig.rootfs.diff_ids)
     uncompressed_size: int
@@ -316,7 +312,7 @@ _STOP = object()
 _switch_lock = threading.Lock()
 _switch_users = 0
 _switch_saved = 0.005
-SWITCH_INTERVAL = 0.0005   # seconds; while a threaded write runs (see _fast_switching)
+SWITCH_INTERVAL = 0.001    # seconds; while a threaded write runs (see _fast_switching)
 
 
 class _fast_switching:
@@ -382,6 +378,25 @@ class _Worker:
         self._thread.join()
 
 
+class _Sink:
+    """The codec's output end. ``cut()`` makes it drop everything: a codec abandoned after a
+    failure may still flush from its finalizer, and must not write into a closed (or reused)
+    file descriptor."""
+
+    __slots__ = ("_write",)
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write: Callable[[bytes], object] | None = write
+
+    def write(self, data: bytes) -> int:
+        if self._write is not None:
+            self._write(data)
+        return len(data)
+
+    def cut(self) -> None:
+        self._write = None
+
+
 class _ThreadedCodec:
     """tar blocks → [thread 1: codec] → compressed chunks → [thread 2: store write + hash].
 
@@ -394,13 +409,10 @@ class _ThreadedCodec:
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._made = 0
         self._store = _Worker(blob.write, "pybuild-layer-store", maxsize=8)
-        self._stream = block_compressor(self, codec)
+        self._sink = _Sink(self._store.put)
+        self._stream = block_compressor(self._sink, codec)
         self._codec = _Worker(self._compress, "pybuild-layer-codec",
                               after=lambda item: self._free.put(item[0]))
-
-    def write(self, data: bytes) -> int:          # the codec's output (always bytes)
-        self._store.put(data)
-        return len(data)
 
     def _compress(self, item: tuple[bytearray, int]) -> None:
         buf, n = item
@@ -423,31 +435,40 @@ class _ThreadedCodec:
         self._codec.put((buf, n))
 
     def close(self) -> None:
+        """Finish the stream (the codec's trailer goes through the store thread too)."""
         self._codec.stop()
         try:
             if self._codec.error is not None:
                 raise self._codec.error
-            self._stream.close()            # the codec's trailer, through write() above
+            self._stream.close()
+        except BaseException:
+            self._sink.cut()
+            raise
         finally:
             self._store.stop()
         if self._store.error is not None:
             raise self._store.error
 
     def abort(self) -> None:
+        self._sink.cut()
         self._codec.stop()
         self._store.stop()
 
 
 def write_layer(entries: Iterable[TarEntry], store: DirStore, codec: Codec = "gzip", *,
                 clamp_mtime: int | None = None, sort: bool = True) -> LayerBlob:
-    """Tar → compress → ingest in one streaming pass; returns both digests."""
+    """Tar → compress → ingest in one streaming pass; returns both digests.
+
+    Layers of ``THREADED_MIN`` bytes or more compress in their own threads (_ThreadedCodec);
+    smaller ones inline. Both give the same bytes."""
     items = list(_ordered(entries, sort))
     total = sum(e.size for e in items if e.kind == "file")
     hasher = hashlib.sha256()
     count = 0
     with store.ingest() as blob:
         if total < THREADED_MIN:
-            stream = block_compressor(blob, codec)
+            sink = _Sink(blob.write)
+            stream = block_compressor(sink, codec)
 
             def inline(buf: bytearray, n: int) -> None:
                 nonlocal count
@@ -457,8 +478,12 @@ def write_layer(entries: Iterable[TarEntry], store: DirStore, codec: Codec = "gz
                 stream.write(view)
 
             reuse = bytearray(REBLOCK)
-            _write_entries(items, _Blocks(inline, lambda: reuse), clamp_mtime)
-            stream.close()
+            try:
+                _write_entries(items, _Blocks(inline, lambda: reuse), clamp_mtime)
+                stream.close()
+            except BaseException:
+                sink.cut()
+                raise
         else:
             with _fast_switching():
                 pipe = _ThreadedCodec(blob, codec)

@@ -37,6 +37,8 @@ def _load(raw: bytes, what: str) -> JSON:
 
 @dataclass(frozen=True, slots=True)
 class Platform:
+    """os/architecture[/variant] of an image (an index entry's ``platform``)."""
+
     os: str
     architecture: str
     variant: str | None = None
@@ -72,6 +74,8 @@ class Platform:
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
+    """A content descriptor: media type, digest and size of a blob (plus annotations)."""
+
     media_type: str
     digest: Digest
     size: int
@@ -210,6 +214,8 @@ def sniff_media_type(raw: bytes, declared: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class History:
+    """One entry of an image config's ``history``."""
+
     created: str | None = None
     created_by: str | None = None
     author: str | None = None
@@ -317,6 +323,8 @@ class ContainerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ImageConfig:
+    """An image config: platform, run config (``config``), rootfs diff_ids and history."""
+
     architecture: str
     os: str
     config: ContainerConfig = field(default_factory=ContainerConfig)

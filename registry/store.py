@@ -112,6 +112,8 @@ def flocked(path: Path, *, shared: bool = False, blocking: bool = True) -> Itera
 
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
+    """A stored blob's digest and size."""
+
     digest: Digest
     size: int
 

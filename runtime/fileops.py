@@ -1,8 +1,11 @@
 """The builder's file actions (COPY, ADD, WORKDIR) as plain JSON-serializable dicts run by
 ``execute(action, root)``, inside the container's mount (and user) namespace, so ownership is
-right rootless too. Destinations resolve inside ``root`` (image symlinks relative to the root),
-sources inside ``source_root`` when given; files are replaced, never written through.
-Imports: stdlib, registry.compression, runtime.pathsafe/unpack/errors.
+right rootless too and --chown names come from the root's own /etc/passwd (whiteouts and
+symlinks of the merged rootfs honoured). Destinations resolve inside ``root``, sources (and
+their globs) inside ``source_root``; files are replaced, never written through; --chmod is
+octal or chmod(1) symbolic, applied per file. Imports: stdlib, registry.compression,
+runtime.pathsafe/unpack/users/errors (and, for the "layer" action only, registry.layertar/
+store and runtime.diff/snapshots).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import errno
 import lzma
 import os
 import posixpath
+import re
 import stat
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from runtime import pathsafe
+from runtime import pathsafe, users
 from runtime.errors import SandboxError
 from runtime.unpack import extract_tar, is_overlay_xattr, is_rootless
 
@@ -47,20 +51,50 @@ class _Result:
                 "hardlinks": self.hardlinks, "bytes": self.bytes, "warnings": self.warnings}
 
 
+Owner = tuple[int, int] | list[int] | str | None
+
+
+def _owner_field(owner: Owner) -> list[int] | str | None:
+    if owner is None or isinstance(owner, str):
+        return owner
+    return [int(owner[0]), int(owner[1])]
+
+
 def copy_action(sources: list[str], dest: str, *, source_root: str | None = None, workdir: str = "/",
-                owner: tuple[int, int] | None = None, preserve_owner: bool = False,
-                mode: int | None = None, mtime: int | None = None,
-                skip: list[str] | None = None) -> dict[str, Any]:
-    """Build a copy action dict (a convenience for the builder)."""
+                owner: Owner = None, preserve_owner: bool = False,
+                mode: int | str | None = None, mtime: int | None = None,
+                skip: list[str] | None = None, glob: bool = False, parents: str | None = None,
+                exclude: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build a copy action dict (a convenience for the builder). ``owner`` is (uid, gid) or a
+    --chown spec resolved inside the root; ``mode`` an int, an octal string or a symbolic one."""
     return {"op": "copy", "sources": list(sources), "dest": dest, "source_root": source_root,
-            "workdir": workdir, "owner": list(owner) if owner else None,
-            "preserve_owner": preserve_owner, "mode": mode, "mtime": mtime, "skip": list(skip or ())}
+            "workdir": workdir, "owner": _owner_field(owner), "preserve_owner": preserve_owner,
+            "mode": mode, "mtime": mtime, "skip": list(skip or ()), "glob": glob, "parents": parents,
+            "exclude": list(exclude or ())}
 
 
-def mkdir_action(path: str, *, workdir: str = "/", owner: tuple[int, int] | None = None,
-                 mode: int = 0o755) -> dict[str, Any]:
-    return {"op": "mkdir", "path": path, "workdir": workdir, "owner": list(owner) if owner else None,
-            "mode": mode}
+def mkdir_action(path: str, *, workdir: str = "/", owner: Owner = None, mode: int = 0o755,
+                 owner_missing: str = "error") -> dict[str, Any]:
+    """WORKDIR: ``owner_missing="root"`` is BuildKit's fallback for a USER the image lacks."""
+    return {"op": "mkdir", "path": path, "workdir": workdir, "owner": _owner_field(owner), "mode": mode,
+            "owner_missing": owner_missing}
+
+
+def layer_action(store: str, snapshots: str, driver: str, key: str, *, codec: str = "gzip",
+                 clamp_mtime: int | None = None) -> dict[str, Any]:
+    """Write the layer of active snapshot ``key`` into ``store`` (see ``commit_layer``)."""
+    return {"op": "layer", "store": store, "snapshots": snapshots, "driver": driver, "key": key,
+            "codec": codec, "clamp_mtime": clamp_mtime}
+
+
+def remove_action(path: str) -> dict[str, Any]:
+    """Remove a path (a whole tree) inside the root, never following a symlink."""
+    return {"op": "remove", "path": path}
+
+
+def chown_action(path: str, owner: tuple[int, int]) -> dict[str, Any]:
+    """Set the owner of one path inside the root (never following a final symlink)."""
+    return {"op": "chown", "path": path, "owner": [int(owner[0]), int(owner[1])]}
 
 
 def export_action(src: str, dest: str) -> dict[str, Any]:
@@ -68,10 +102,9 @@ def export_action(src: str, dest: str) -> dict[str, Any]:
     return {"op": "export", "src": src, "dest": dest}
 
 
-def extract_action(archive: str, dest: str, *, workdir: str = "/",
-                   owner: tuple[int, int] | None = None) -> dict[str, Any]:
+def extract_action(archive: str, dest: str, *, workdir: str = "/", owner: Owner = None) -> dict[str, Any]:
     return {"op": "extract", "archive": archive, "dest": dest, "workdir": workdir,
-            "owner": list(owner) if owner else None}
+            "owner": _owner_field(owner)}
 
 
 def execute(action: Action, root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -80,14 +113,25 @@ def execute(action: Action, root: str | os.PathLike[str]) -> dict[str, Any]:
     Actions (build them with copy_action / mkdir_action / extract_action)::
 
       {"op": "copy", "sources": [...], "dest": "/app/", "workdir": "/", "source_root": "/ctx"|None,
-       "owner": [uid, gid]|None, "preserve_owner": false, "mode": 0o755|None, "mtime": int|None,
-       "skip": [source paths not to copy]}
-      {"op": "mkdir", "path": "/work", "workdir": "/", "owner": [uid, gid]|None, "mode": 0o755}
-      {"op": "extract", "archive": "/host/x.tar.gz", "dest": "/opt/", "workdir": "/",
-       "owner": [uid, gid]|None}
+       "owner": [uid, gid]|"user[:group]"|None, "preserve_owner": false,
+       "mode": 0o755|"0755"|"u+x,go=rX"|None, "mtime": int|None, "skip": [source paths],
+       "glob": false, "parents": "base/dir"|None, "exclude": [{"pattern", "regex", "exclusion"}]}
+      {"op": "mkdir", "path": "/work", "workdir": "/", "owner": ...|None, "mode": 0o755,
+       "owner_missing": "error"|"root"}
+      {"op": "extract", "archive": "/host/x.tar.gz", "dest": "/opt/", "workdir": "/", "owner": ...}
       {"op": "export", "src": "/path/in/rootfs", "dest": "/existing/host/dir"}
+      {"op": "chown", "path": "/x", "owner": [uid, gid]}
+      {"op": "remove", "path": "/x"}
+      {"op": "layer", "store": "/store", "snapshots": "/store/snapshots", "driver": "overlay",
+       "key": "active-key", "codec": "gzip", "clamp_mtime": int|None}   (root unused)
 
-    Raises FileActionError (bad request), UnsafePath/LayerError (hostile input) or OSError.
+    ``owner`` as a string is a --chown spec resolved in the root's /etc/passwd and /etc/group
+    (runtime.users.resolve_chown). With ``glob`` a source holding * ? [ is expanded inside
+    ``source_root`` like Go's filepath.Match per path component (no match is an error naming
+    the pattern); ``parents`` keeps each source's path relative to that directory under the
+    destination (COPY --parents); ``exclude`` (COPY --exclude) is matched against paths
+    relative to each copied source. Raises FileActionError (bad request), UnknownUser,
+    UnsafePath/LayerError (hostile input) or OSError.
     """
     op = action.get("op")
     root_fd = pathsafe.open_root(root)
@@ -101,6 +145,12 @@ def execute(action: Action, root: str | os.PathLike[str]) -> dict[str, Any]:
             ctx.extract()
         elif op == "export":
             ctx.export()
+        elif op == "chown":
+            ctx.chown()
+        elif op == "remove":
+            ctx.remove()
+        elif op == "layer":
+            return commit_layer(action)
         else:
             raise FileActionError(f"file action: unknown op {op!r}")
         return ctx.result.to_dict()
@@ -177,8 +227,9 @@ class _Ctx:
         self.result = _Result()
         self.euid, self.egid = os.geteuid(), os.getegid()
         self.rootless = is_rootless()
-        owner = action.get("owner")
-        self.owner: tuple[int, int] | None = (int(owner[0]), int(owner[1])) if owner else None
+        self.owner = self._resolve_owner(action.get("owner"), str(action.get("owner_missing") or "error"))
+        self.mode_change = parse_mode(action.get("mode")) if action.get("op") == "copy" else None
+        self.exclude = _Excluder(action.get("exclude") or ())
         self.workdir = str(action.get("workdir") or "/")
         self.src_root_fd: int | None = None
         self.dest_root_fd = root_fd          # where hardlink partners are looked up
@@ -186,6 +237,15 @@ class _Ctx:
         self.links: dict[tuple[int, int], str] = {}
 
     # -- helpers
+    def _resolve_owner(self, owner: Any, missing: str) -> tuple[int, int] | None:
+        if owner is None or owner == "" or owner == []:
+            return None
+        if isinstance(owner, str):
+            # names come from the root's /etc/passwd and /etc/group as mounted here: the
+            # merged rootfs, so whiteouts and symlinks of every layer are honoured
+            return users.resolve_chown(self.root_fd, owner, missing=missing)
+        return int(owner[0]), int(owner[1])
+
     def _chown(self, target: int | str, uid: int, gid: int, *, dir_fd: int | None = None) -> None:
         try:
             if isinstance(target, int):
@@ -229,6 +289,31 @@ class _Ctx:
             return
         os.close(self._dest_dir(rel, mode=int(self.a.get("mode") or 0o755)))
 
+    # -- one owner change (a file the builder made on the host, rootless)
+    def chown(self) -> None:
+        rel = _container_path(str(self.a["path"]), self.workdir).rstrip("/")
+        if self.owner is None:
+            raise FileActionError("chown: no owner given")
+        pfd, name = pathsafe.resolve_in_root(self.root_fd, rel)
+        try:
+            if not name:
+                os.chown(".", *self.owner, dir_fd=pfd)
+            else:
+                os.chown(name, *self.owner, dir_fd=pfd, follow_symlinks=False)
+        finally:
+            os.close(pfd)
+
+    # -- a tree the builder made (rootless: files of other container users it cannot remove)
+    def remove(self) -> None:
+        rel = _container_path(str(self.a["path"]), self.workdir).rstrip("/")
+        if not rel:
+            raise FileActionError("remove: refusing to remove the root itself")
+        pfd, name = pathsafe.resolve_in_root(self.root_fd, rel)
+        try:
+            pathsafe.remove_tree_at(pfd, name)
+        finally:
+            os.close(pfd)
+
     # -- ADD <archive>
     def extract(self) -> None:
         archive = str(self.a["archive"])
@@ -263,7 +348,7 @@ class _Ctx:
             fd, st, name = self._open_source(src)
             try:
                 if stat.S_ISDIR(st.st_mode):
-                    self._copy_tree(fd, dest_fd, posixpath.normpath(src), "")
+                    self._copy_tree(fd, dest_fd, posixpath.normpath(src), "", "")
                 elif stat.S_ISREG(st.st_mode):
                     self._copy_file(fd, st, dest_fd, name, "")
                 else:
@@ -282,20 +367,86 @@ class _Ctx:
             raise FileActionError("copy: no source files")
         dest_raw = str(self.a["dest"])
         rel = _container_path(dest_raw, self.workdir)
-        dest_is_dir = rel.endswith("/") or not rel.rstrip("/")
-        if len(sources) > 1 and not dest_is_dir:
-            raise FileActionError(f"copy: with more than one source the destination {dest_raw!r} "
-                                  "must be a directory and end with '/'")
+        parents = self.a.get("parents")
+        dest_is_dir = rel.endswith("/") or not rel.rstrip("/") or parents is not None
         rel = rel.rstrip("/")
         src_root = self.a.get("source_root")
         self.src_root_fd = pathsafe.open_root(src_root) if src_root else None
         self.skip = {posixpath.normpath(str(p)) for p in self.a.get("skip") or ()}
         try:
+            expanded: list[str] = []
             for src in sources:
-                self._copy_one(src, rel, dest_is_dir)
+                if self.a.get("glob") and (has_glob(src) or "\\" in src):   # escapes too
+                    matches = self._glob(src)
+                    if not matches:
+                        shown = "/" + src.lstrip("/") if src_root else src
+                        raise FileActionError(f"copy: source {shown!r} matched no files")
+                    expanded.extend(m for m in matches if not self._excluded_match(m, src))
+                else:
+                    expanded.append(src)
+            if len(expanded) > 1 and not dest_is_dir:
+                raise FileActionError(f"copy: with more than one source the destination {dest_raw!r} "
+                                      "must be a directory and end with '/'")
+            for src in expanded:
+                if parents is None:
+                    self._copy_one(src, rel, dest_is_dir)
+                    continue
+                kept = _relative_to(src, str(parents))
+                self._copy_one(src, rel, True, kept=kept)
         finally:
             if self.src_root_fd is not None:
                 os.close(self.src_root_fd)
+
+    def _excluded_match(self, match: str, pattern: str) -> bool:
+        """A glob match excluded by --exclude (its path under the pattern's fixed prefix)."""
+        if not self.exclude:
+            return False
+        base, _ = _split_glob(pattern)
+        return self.exclude.excluded(_relative_to(match, base), is_dir=False)
+
+    def _glob(self, pattern: str) -> list[str]:
+        """Paths under source_root matching ``pattern`` (BuildKit's ResolveWildcards): the part
+        before the first wildcard component is resolved inside the root (symlinks followed);
+        below it every component is matched by Go's filepath.Match rules (a '*' never crosses
+        '/', '**' is no different from '*'), walking without following symlinks. Sorted."""
+        if self.src_root_fd is None:
+            raise FileActionError("copy: a glob source needs a source_root")
+        base, rest = _split_glob(pattern)
+        try:
+            regexes = [component_regex(part) for part in rest]
+        except ValueError as exc:
+            raise FileActionError(f"copy: bad pattern {pattern!r}: {exc}") from None
+        try:
+            pfd = pathsafe.open_dir(self.src_root_fd, base)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        try:
+            fd = os.open(".", _DIR_RO, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        out: list[str] = []
+
+        def walk(dfd: int, prefix: str, depth: int) -> None:
+            with os.scandir(dfd) as it:
+                names = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+            for name, is_dir in names:
+                if not regexes[depth].match(name):
+                    continue
+                path = f"{prefix}/{name}" if prefix else name
+                if depth == len(regexes) - 1:
+                    out.append(path)
+                elif is_dir:
+                    child = os.open(name, _DIR_RO | os.O_NOFOLLOW, dir_fd=dfd)
+                    try:
+                        walk(child, path, depth + 1)
+                    finally:
+                        os.close(child)
+
+        try:
+            walk(fd, base, 0)
+        finally:
+            os.close(fd)
+        return out
 
     def _open_source(self, src: str) -> tuple[int, os.stat_result, str]:
         """(fd, stat, name) of a source; a top-level symlink is followed (inside source_root)."""
@@ -314,9 +465,17 @@ class _Ctx:
             raise FileActionError(f"copy: source {src!r} not found") from None
         return fd, os.fstat(fd), name
 
-    def _copy_one(self, src: str, rel: str, dest_is_dir: bool) -> None:
+    def _copy_one(self, src: str, rel: str, dest_is_dir: bool, *, kept: str | None = None) -> None:
         fd, st, name = self._open_source(src)
         try:
+            if kept:
+                # --parents: the source's path (from the pivot) is kept under the destination
+                head, _, tail = kept.rpartition("/")
+                if stat.S_ISDIR(st.st_mode):
+                    rel = f"{rel}/{kept}" if rel else kept
+                else:
+                    rel = f"{rel}/{head}" if rel and head else rel or head
+                    name = tail
             if stat.S_ISDIR(st.st_mode):
                 # a directory source copies its *contents* into the destination directory
                 existed = self._exists_dir(rel)
@@ -326,7 +485,7 @@ class _Ctx:
                 finally:
                     os.close(dfd)
                 try:
-                    self._copy_tree(fd, dest_fd, posixpath.normpath(src), rel)
+                    self._copy_tree(fd, dest_fd, posixpath.normpath(src), rel, "")
                     if not existed and rel:
                         self._set_meta(dest_fd, st)
                 finally:
@@ -366,8 +525,9 @@ class _Ctx:
         return 0, 0
 
     def _mode(self, st: os.stat_result) -> int:
-        m = self.a.get("mode")
-        return int(m) & 0o7777 if m is not None else stat.S_IMODE(st.st_mode)
+        if self.mode_change is None:
+            return stat.S_IMODE(st.st_mode)
+        return self.mode_change.apply(stat.S_IMODE(st.st_mode), is_dir=stat.S_ISDIR(st.st_mode))
 
     def _mtime(self, st: os.stat_result) -> int:
         m = self.a.get("mtime")
@@ -422,15 +582,20 @@ class _Ctx:
         if st.st_nlink > 1:
             self.links[ident] = f"{prel}/{name}" if prel else name
 
-    def _copy_tree(self, sfd: int, dfd: int, src_path: str, drel: str) -> None:
+    def _copy_tree(self, sfd: int, dfd: int, src_path: str, drel: str, xrel: str) -> None:
+        """Copy directory ``sfd``'s entries into ``dfd``; ``xrel`` is the path below the copied
+        source (what --exclude patterns see)."""
         with os.scandir(sfd) as it:
             entries = sorted(((e.name, e.stat(follow_symlinks=False)) for e in it), key=lambda x: x[0])
         for name, st in entries:
             child_src = posixpath.normpath(posixpath.join(src_path, name))
             if child_src in self.skip:
                 continue
-            child_rel = f"{drel}/{name}" if drel else name
+            child_x = f"{xrel}/{name}" if xrel else name
             mode = st.st_mode
+            if self.exclude and self.exclude.excluded(child_x, is_dir=stat.S_ISDIR(mode)):
+                continue
+            child_rel = f"{drel}/{name}" if drel else name
             if stat.S_ISDIR(mode):
                 kept = self._clear(dfd, name, want_dir=True)
                 if not kept:
@@ -439,7 +604,7 @@ class _Ctx:
                 cs = os.open(name, _DIR_RO | os.O_NOFOLLOW, dir_fd=sfd)
                 cd = os.open(name, _DIR_RO | os.O_NOFOLLOW, dir_fd=dfd)
                 try:
-                    self._copy_tree(cs, cd, child_src, child_rel)
+                    self._copy_tree(cs, cd, child_src, child_rel, child_x)
                     self._set_meta(cd, st)
                 finally:
                     os.close(cs)
@@ -464,6 +629,233 @@ class _Ctx:
                 os.mkfifo(name, self._mode(st), dir_fd=dfd)
             else:
                 self.result.warnings.append(f"{child_src}: special file skipped")
+
+
+# -- modes (--chmod) -----------------------------------------------------------------------------
+_CLASS_BITS = {"u": 0o4700, "g": 0o2070, "o": 0o0007}
+_SHIFT = {"u": 6, "g": 3, "o": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChange:
+    """A parsed --chmod: an absolute (octal) mode, or chmod(1) symbolic clauses applied to each
+    file's own mode. Clauses are (who, op, perms, copied classes); an empty ``who`` means all
+    classes (BuildKit parses with umask 0)."""
+
+    absolute: int | None
+    clauses: tuple[tuple[str, str, str, str], ...] = ()
+
+    def apply(self, mode: int, *, is_dir: bool = False) -> int:
+        if self.absolute is not None:
+            return self.absolute
+        orig = mode & 0o7777
+        new = orig
+        for who, op, perms, copies in self.clauses:
+            classes = who or "ugo"
+            mask = 0
+            for c in classes:
+                mask |= _CLASS_BITS[c]
+            special = not who or bool(set(who) - {"o"})   # s and t need u or g (or no who)
+            bits = 0
+            sticky = False
+            for p in perms:
+                if p == "r":
+                    bits |= 0o444
+                elif p == "w":
+                    bits |= 0o222
+                elif p == "x":
+                    bits |= 0o111
+                elif p == "X":
+                    # execute only for directories and files some class may already execute;
+                    # '-X' changes nothing (as BuildKit's mode library)
+                    if op != "-" and (is_dir or orig & 0o111):
+                        bits |= 0o111
+                elif p == "s" and special:
+                    bits |= 0o6000
+                elif p == "t" and special:
+                    sticky = True
+            bits &= mask
+            if sticky:
+                bits |= 0o1000
+            copied = 0
+            for c in copies:               # g=u: the (current) bits of one class to others
+                src = (new >> _SHIFT[c]) & 7
+                for k in classes:
+                    copied |= src << _SHIFT[k]
+            if op == "=":
+                new &= ~(mask | (0o1000 if sticky else 0))
+                new |= bits | copied
+            elif op == "+":
+                new |= bits | copied
+            else:
+                new &= ~(bits | copied)
+        return new & 0o7777
+
+
+def parse_mode(spec: int | str | None) -> ModeChange | None:
+    """--chmod as BuildKit accepts it: octal digits up to 07777, or chmod(1) symbolic clauses
+    ``[ugoa]*([-+=]([rwxXst]*|[ugo]))+`` separated by commas (e.g. ``u+x,g-w``, ``a=rX``,
+    ``go=u-w``). Raises FileActionError for anything else."""
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        return ModeChange(spec & 0o7777)
+    text = str(spec)
+    if not text:
+        raise FileActionError("invalid mode '': want octal (0755) or symbolic (u+x,g-w)")
+    if text[0].isdigit():
+        if not all(c in "01234567" for c in text) or int(text, 8) > 0o7777:
+            raise FileActionError(f"invalid mode {text!r}: an octal mode is 0 to 07777")
+        return ModeChange(int(text, 8))
+    clauses: list[tuple[str, str, str, str]] = []
+    for clause in text.split(","):
+        i, n = 0, len(clause)
+        who = ""
+        while i < n and clause[i] in "ugoa":
+            who += "ugo" if clause[i] == "a" else clause[i]
+            i += 1
+        who = "".join(c for c in "ugo" if c in who)
+        if i == n:
+            raise FileActionError(f"invalid mode {text!r}: {clause!r} has no operator (+, - or =)")
+        while i < n:
+            op = clause[i]
+            if op not in "+-=":
+                raise FileActionError(f"invalid mode {text!r}: unexpected {op!r} in {clause!r}")
+            i += 1
+            perms = copies = ""
+            while i < n and clause[i] in "rwxXstugo":
+                if clause[i] in "ugo":
+                    copies += clause[i]
+                else:
+                    perms += clause[i]
+                i += 1
+            clauses.append((who, op, perms, copies))
+    return ModeChange(None, tuple(clauses))
+
+
+# -- globs and --exclude -------------------------------------------------------------------------
+def has_glob(path: str) -> bool:
+    """Whether a path holds a wildcard (Go's filepath.Match metacharacters, '\\' escapes)."""
+    i = 0
+    while i < len(path):
+        ch = path[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "*?[":
+            return True
+        i += 1
+    return False
+
+
+def _split_glob(pattern: str) -> tuple[str, list[str]]:
+    """(fixed directory before the first wildcard component, the remaining components)."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        if has_glob(part) or "\\" in part:
+            return "/".join(parts[:i]), parts[i:]
+    return "/".join(parts), []
+
+
+def _relative_to(path: str, base: str) -> str:
+    path = path.strip("/")
+    base = base.strip("/")
+    if not base:
+        return path
+    if path == base:
+        return ""
+    if path.startswith(base + "/"):
+        return path[len(base) + 1:]
+    return path
+
+
+def component_regex(part: str) -> re.Pattern[str]:
+    """One path component's pattern as Go's filepath.Match reads it: '*' and '?' (never '/'),
+    '[...]' classes with '^' negation and ranges, '\\' escapes. Raises ValueError when Go
+    would return ErrBadPattern."""
+    out, i, n = "", 0, len(part)
+    while i < n:
+        ch = part[i]
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "\\":
+            if i + 1 >= n:
+                raise ValueError("trailing backslash")
+            i += 1
+            out += re.escape(part[i])
+        elif ch == "[":
+            i += 1
+            cls = "["
+            if i < n and part[i] == "^":
+                cls += "^"
+                i += 1
+            count = 0
+            while True:
+                if i >= n:
+                    raise ValueError("unclosed character class")
+                if part[i] == "]" and count > 0:
+                    break
+                lo, i = _class_char(part, i)
+                cls += re.escape(lo)
+                if i < n and part[i] == "-":
+                    hi, i = _class_char(part, i + 1)
+                    if hi < lo:
+                        raise ValueError("bad character range")
+                    cls += "-" + re.escape(hi)
+                count += 1
+            out += cls + "]"
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(out + "$", re.DOTALL)
+
+
+def _class_char(part: str, i: int) -> tuple[str, int]:
+    if i >= len(part):
+        raise ValueError("unclosed character class")
+    ch = part[i]
+    if ch in "-]":
+        raise ValueError("bad character class")
+    if ch == "\\":
+        if i + 1 >= len(part):
+            raise ValueError("trailing backslash")
+        return part[i + 1], i + 2
+    return ch, i + 1
+
+
+class _Excluder:
+    """COPY --exclude patterns (.dockerignore syntax; the builder compiles each to a regex):
+    a path is excluded when the last pattern matching it or one of its parent directories is
+    not a '!' exception. An excluded directory is skipped whole unless an exception names
+    something inside it (BuildKit's copier rule)."""
+
+    def __init__(self, patterns: Any) -> None:
+        self.patterns = [(str(p.get("pattern", "")), re.compile(str(p["regex"]), re.DOTALL),
+                          bool(p.get("exclusion"))) for p in patterns]
+        self.exceptions = [text for text, _, exc in self.patterns if exc]
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def excluded(self, path: str, *, is_dir: bool) -> bool:
+        parents = []
+        head = path
+        while "/" in head:
+            head = head.rpartition("/")[0]
+            parents.append(head)
+        excluded = False
+        for _text, rx, exception in self.patterns:
+            if exception != excluded:
+                continue
+            if rx.match(path) or any(rx.match(p) for p in parents):
+                excluded = not exception
+        if excluded and is_dir and self.exceptions:
+            inside = path + "/"
+            if any((text + "/").startswith(inside) for text in self.exceptions):
+                return False
+        return excluded
 
 
 def _copy_data(src: int, dst: int, size: int) -> None:
@@ -507,6 +899,30 @@ def _copy_xattrs(src: int, dst: int) -> None:
             continue
         with contextlib.suppress(OSError):
             os.setxattr(dst, name, os.getxattr(src, name))
+
+
+def commit_layer(action: Action) -> dict[str, Any]:
+    """The "layer" action: diff an active snapshot and write its layer blob into the store.
+
+    Rootless, the builder runs this inside the user namespace the step ran in: there the
+    upper dir's files show the ids the container saw (33, not the host's subordinate id) and
+    root of the namespace may read files private to other container users (a 0600 key owned
+    by 33), which the unprivileged host user cannot. Returns the layer's descriptor, diff_id
+    and size, or {"empty": true} when nothing changed."""
+    from registry.layertar import write_layer
+    from registry.store import DirStore
+    from runtime.diff import layer_entries
+    from runtime.snapshots import open_snapshotter
+
+    sn = open_snapshotter(str(action["snapshots"]), str(action.get("driver") or "") or None)
+    entries = list(layer_entries(sn, str(action["key"])))
+    if not entries:
+        return {"empty": True}
+    clamp = action.get("clamp_mtime")
+    blob = write_layer(entries, DirStore(str(action["store"])), str(action.get("codec") or "gzip"),  # type: ignore[arg-type]
+                       clamp_mtime=int(clamp) if clamp is not None else None)
+    return {"empty": False, "descriptor": blob.descriptor.to_dict(), "diff_id": str(blob.diff_id),
+            "size": blob.uncompressed_size}
 
 
 def run_actions(actions: list[Action], root: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -17,6 +17,10 @@ never interleave),
                                                                         (v2, user namespace),
                                                                         prestart hook
                                         ◄──────────────────────────────  {"type": "go"}
+                                        (with a prestart hook and no user namespace the
+                                        parent sends "go" first, runs the hook while PID 1
+                                        sets up, and a 2nd "go" releases PID 1 just before it
+                                        closes fds and execs: cfg "late_go")
                                         join the cgroup (v1: "0" > tasks);
                                         setresuid(0); mounts (rootfs, /proc, /dev, /sys, binds,
                                         all targets resolved with openat2(RESOLVE_IN_ROOT));
@@ -41,7 +45,6 @@ early, ``sandbox.spawn_child``, and it then sits on the ctl pipe until the confi
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: signal.py builds its IntEnums (+ enum) at import
 import marshal
 import os
 import stat
@@ -52,7 +55,10 @@ from runtime import _syscalls as sc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from typing import Any
+else:
+    import _signal as signal  # the C module: signal.py builds IntEnums (and imports enum) first
 
 FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT, signal.SIGWINCH, signal.SIGPROF,
@@ -331,8 +337,9 @@ def mount_rootfs(mounts: list[dict[str, Any]], target: str) -> None:
 
 
 def _explain_volatile(exc: OSError, data: list[str]) -> None:
-    """A ``volatile`` overlay (an ephemeral `run --rm` layer) can be mounted once only: say so."""
-    if exc.errno != 22 or "volatile" not in data:
+    """An upper dir that was mounted ``volatile`` (an ephemeral `run --rm` layer) cannot be
+    mounted again: say so instead of a bare EINVAL."""
+    if exc.errno != 22:
         return
     work = next((o[len("workdir="):] for o in data if o.startswith("workdir=")), "")
     if work and os.path.isdir(os.path.join(work.replace("\\", ""), "work", "incompat", "volatile")):
@@ -440,6 +447,15 @@ def setup_dev(root: Root, *, mode: str, userns: bool) -> None:
                     sc.mount(f"/dev/{name}", _fdpath(tfd), None, sc.MS_BIND)
                 finally:
                     os.close(tfd)
+                # read-only: the node's inode is the host's, and a read-only mount refuses
+                # chmod/chown/utime (EROFS) while reads and writes of the device still work
+                nfd = root.open(f"/dev/{name}")      # the new mount, not the file under it
+                try:
+                    p = _fdpath(nfd)
+                    sc.mount(None, p, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
+                             | sc.locked_flags(p))
+                finally:
+                    os.close(nfd)
         for name, target in DEV_SYMLINKS:
             try:
                 os.symlink(target, name, dir_fd=devfd)
@@ -702,7 +718,8 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
         if not cfg.get("detach"):
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         go = recv_frame(fds["ctl"])
-        os.close(fds["ctl"])
+        if not cfg.get("late_go"):
+            os.close(fds["ctl"])
         if go.get("type") != "go":
             os._exit(1)
         for path in cfg.get("cgroup_join") or ():
@@ -856,6 +873,14 @@ def container_init(cfg: dict[str, Any], fds: dict[str, int], stubs_w: int) -> No
             for target in (0, 1, 2):
                 os.dup2(slave, target)
             os.close(slave)
+        if cfg.get("late_go"):
+            # the parent's prestart hook (network plumbing) ran while we set up: the command
+            # starts only once it is done
+            stage = "prestart"
+            go = recv_frame(fds["ctl"])
+            os.close(fds["ctl"])
+            if go.get("type") != "go":
+                os._exit(1)
         stage = "close fds"
         keep_fds = {0, 1, 2, msg, fds["fifo"]}
         for name in os.listdir("/proc/self/fd"):
@@ -1143,6 +1168,10 @@ def runtime_mode(cfg: dict[str, Any], fds: dict[str, int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     fds = {k: int(v) for k, _, v in (a.partition("=") for a in args) if v.isdigit()}
+    # runtime.sandbox spawns us with posix_spawn: no cwd change and no close_fds there, so
+    # leave the parent's cwd and drop any fd we inherited beyond stdio and our named pipes
+    os.chdir("/")
+    os.closerange(max((2, *fds.values())) + 1, 1 << 20)
     try:
         cfg = recv_frame(fds["ctl"])
     except (EOFError, ValueError, TypeError):

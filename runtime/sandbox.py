@@ -25,15 +25,16 @@ protection in the spec is applied or the start fails naming it. Stdlib + runtime
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import marshal
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -120,17 +121,99 @@ def _python() -> str:
     return sys.executable or "/usr/bin/python3"
 
 
-def _spawn(mode_fds: dict[str, int], stdio: Sequence[StdioArg], *, child_fds: Iterable[int],
-           python: str | None = None) -> subprocess.Popen[bytes]:
-    # (close_fds: the child holds only stdio and the pipes of this handshake)
-    argv = [python or _python(), "-I", "-S", "-c", BOOT, PKG_ROOT]
-    argv += [f"{k}={v}" for k, v in mode_fds.items()]
+DEVNULL = -3      # as subprocess.DEVNULL (either may be passed as a stdio entry)
+
+
+class ChildProcess:
+    """The sandbox child, spawned with os.posix_spawn: the part of subprocess.Popen this
+    module uses (pid, returncode, poll, wait, send_signal, kill), without importing subprocess
+    (selectors, locale, ...) on `pybuild run`'s start-up path. returncode is -N for signal N."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def _reap(self, options: int) -> int | None:
+        try:
+            pid, status = os.waitpid(self.pid, options)
+        except ChildProcessError:       # reaped elsewhere (SIGCHLD ignored): as Popen does
+            pid, status = self.pid, 0
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._lock.acquire(blocking=False):
+            try:
+                if self.returncode is None:
+                    self._reap(os.WNOHANG)
+            finally:
+                self._lock.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            with self._lock:
+                code = self.returncode if self.returncode is not None else self._reap(0)
+        else:
+            deadline = time.monotonic() + timeout
+            delay = 0.0005
+            while (code := self.poll()) is None:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"sandbox child {self.pid} still running after {timeout}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        if code is None:           # (waitpid without WNOHANG always returns a status)
+            raise ChildProcessError(f"sandbox child {self.pid}: no exit status")
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _spawn(mode_fds: dict[str, int], stdio: Sequence[StdioArg], *,
+           python: str | None = None) -> ChildProcess:
+    """Start ``python -I -S -c BOOT`` in a new session with an empty environment. ``stdio``
+    entries: None (inherit), DEVNULL, an fd or a file object. ``mode_fds`` (name -> our fd)
+    become fds 3, 4, ... of the child, named on its argv; every other fd of ours is
+    close-on-exec (and nsinit closes whatever it inherited beyond those)."""
+    exe = python or _python()
+    high: list[int] = []
+
+    def dup_high(fd: int) -> int:
+        # a close-on-exec copy above every target fd, so no dup2 below clobbers a source
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        high.append(copy)
+        return copy
+
+    actions: list[tuple[Any, ...]] = []
+    argv = [exe, "-I", "-S", "-c", BOOT, PKG_ROOT]
     try:
-        return subprocess.Popen(argv, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                                pass_fds=tuple(child_fds), close_fds=True, start_new_session=True,
-                                env={}, cwd="/")
+        for target, src in enumerate(stdio):
+            if src is None:
+                continue
+            if src == DEVNULL:
+                actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+            else:
+                fd = src if isinstance(src, int) else src.fileno()
+                actions.append((os.POSIX_SPAWN_DUP2, dup_high(fd), target))
+        for n, (name, fd) in enumerate(mode_fds.items()):
+            actions.append((os.POSIX_SPAWN_DUP2, dup_high(fd), 3 + n))
+            argv.append(f"{name}={3 + n}")
+        pid = os.posix_spawn(exe, argv, {}, file_actions=actions, setsid=True,
+                             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
     except OSError as exc:
-        raise SandboxError(f"cannot start the sandbox child ({argv[0]}): {exc.strerror}") from None
+        raise SandboxError(f"cannot start the sandbox child ({exe}): {exc.strerror}") from None
+    finally:
+        for fd in high:
+            os.close(fd)
+    return ChildProcess(pid)
 
 
 def _plain(obj: Any) -> Any:
@@ -193,7 +276,7 @@ def device_mode(spec: Mapping[str, Any], cgroup: cgroups.Cgroup | None, userns: 
 class SandboxProcess:
     """A started container. Wait it (or close it) exactly once; both remove the cgroup."""
 
-    def __init__(self, *, popen: subprocess.Popen[bytes], lines: _Lines, msg_r: int,
+    def __init__(self, *, popen: ChildProcess, lines: _Lines, msg_r: int,
                  cgroup: cgroups.Cgroup | None, pid: int, pidfd: int, console: int | None) -> None:
         self.popen = popen
         self.shim_pid = popen.pid
@@ -301,7 +384,7 @@ class Child:
     control pipe until ``start`` sends the configuration. Give it to ``start``/``run`` as
     ``child=`` (exactly once), or ``close`` it: EOF on the control pipe makes it exit."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], *, ctl_w: int, msg_r: int, fifo_r: int,
+    def __init__(self, popen: ChildProcess, *, ctl_w: int, msg_r: int, fifo_r: int,
                  sock: Any, terminal: bool) -> None:
         self.popen = popen
         self.ctl_w, self.msg_r, self.fifo_r = ctl_w, msg_r, fifo_r
@@ -321,7 +404,7 @@ class Child:
             self.sock.close()
         try:
             self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             self.popen.kill()
             self.popen.wait()
 
@@ -341,7 +424,6 @@ def spawn_child(stdio: Sequence[StdioArg] = (None, None, None), *, terminal: boo
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     fifo_r, fifo_w = os.pipe2(os.O_CLOEXEC)
-    child_fds = [ctl_r, msg_w, fifo_w]
     fds = {"ctl": ctl_r, "msg": msg_w, "fifo": fifo_w}
     parent_sock = child_sock = None
     if terminal:
@@ -349,9 +431,8 @@ def spawn_child(stdio: Sequence[StdioArg] = (None, None, None), *, terminal: boo
 
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds["console"] = child_sock.fileno()
-        child_fds.append(child_sock.fileno())
     try:
-        popen = _spawn(fds, stdio, child_fds=child_fds, python=python)
+        popen = _spawn(fds, stdio, python=python)
     except BaseException:
         for fd in (ctl_w, msg_r, fifo_r):
             os.close(fd)
@@ -371,7 +452,7 @@ def spawn_foreground(*, interactive: bool, tty: bool, python: str | None = None)
     with ``tty`` the pty is the container's stdio; otherwise stdout/stderr are this process's
     and stdin is this one's only with ``interactive`` (else /dev/null)."""
     if tty:
-        return spawn_child((subprocess.DEVNULL,) * 3, terminal=True, python=python)
+        return spawn_child((DEVNULL,) * 3, terminal=True, python=python)
     if interactive:
         return spawn_child((None, None, None), python=python)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -391,8 +472,10 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
     mount namespace; empty = ``root.path`` already is the rootfs). Returns after the exec.
 
     ``cgroup``: True = create one named ``cgroup_name`` (required when the spec has resource
-    limits), False = none, or a Cgroup to use. ``prestart(pid)`` runs in the parent after the
-    namespaces exist and before the container is set up (network plumbing); raising aborts.
+    limits), False = none, or a Cgroup to use. ``prestart(pid)`` runs in the parent once the
+    namespaces exist and before the command is exec'd (network plumbing: the netns is there,
+    the command does not run yet), while PID 1 mounts its rootfs (before, with a user
+    namespace); raising aborts.
     ``detach``: PID 1 does not die with this process (a monitor keeps the handle instead).
     ``console`` (when ``process.terminal``): "pty" = a pty from the container's own devpts whose
     master is ``SandboxProcess.console``; "stdio" = stdin already is a tty (e.g. the monitor's
@@ -440,10 +523,16 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
         # PID 1 joins its cgroup itself, first thing after "go", when it can (v1, no user
         # namespace: it is root on the host then); else this process adds it before "go"
         join = cg.self_join_files() if cg is not None and not userns else []
+        # with a prestart hook (network plumbing), PID 1 sets itself up while the hook runs and
+        # waits for a second "go" just before it execs the command. Not with a user namespace:
+        # PID 1 turns non-dumpable early in its setup, and an unprivileged parent (slirp4netns,
+        # nsenter) could then no longer open /proc/<pid>/ns/*.
+        late = prestart is not None and not userns
         cfg = {"mode": "run", "spec": spec, "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
                "parent_pid": os.getpid(), "detach": detach, "device_mode": dmode,
                "console": console, "cgroup_dirs": list(cg.paths().values()) if cg is not None else [],
-               "cgroup_paths": cg.paths() if cg is not None else {}, "cgroup_join": join}
+               "cgroup_paths": cg.paths() if cg is not None else {}, "cgroup_join": join,
+               "late_go": late}
         _send_frame(ctl_w, cfg)
         first = lines.read()
         if first is None or first.get("type") != "pid":
@@ -461,9 +550,11 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
             write_maps(pid, idmap)
         if cg is not None and not join:
             cg.add(pid)
+        if late:
+            _send_go(ctl_w)
         if prestart is not None:
             prestart(pid)
-        _send_frame(ctl_w, {"type": "go"})
+        _send_go(ctl_w)
         os.close(ctl_w)
         ctl_w = -1
         if parent_sock is not None:
@@ -498,6 +589,13 @@ def start(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
             parent_sock.close()
 
 
+def _send_go(ctl_w: int) -> None:
+    try:
+        _send_frame(ctl_w, {"type": "go"})
+    except BrokenPipeError:
+        pass        # PID 1 is gone already: its error message (read next) says why
+
+
 def _receive_console(sock: Any) -> int | None:
     import socket
 
@@ -518,7 +616,7 @@ def run(spec: Mapping[str, Any], *, rootfs_mounts: Sequence[Any] = (),
     called once the command runs (record the container as running there)."""
     terminal = bool((spec.get("process") or {}).get("terminal")) and kwargs.get("console", "pty") == "pty"
     if terminal:
-        stdio = (subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+        stdio = (DEVNULL, DEVNULL, DEVNULL)
         size = _local_size()
         if size is not None:
             spec = {**spec, "process": {**spec["process"], "consoleSize": {"height": size[0],
@@ -626,7 +724,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # -- file actions (builder COPY/ADD/WORKDIR) --------------------------------------------------------
-_ERROR_KINDS = {"UnsafePath": ("entry", "why"), "LayerError": ("layer", "entry", "why")}
+# error kinds a file action may raise that come back as their own type:
+# class name -> (module, constructor fields sent by nsinit)
+_ERROR_KINDS = {"UnsafePath": ("runtime.errors", ("entry", "why")),
+                "LayerError": ("runtime.errors", ("layer", "entry", "why")),
+                "UnknownUser": ("runtime.users", ("what", "name")),
+                "FileActionError": ("runtime.fileops", ())}
 
 
 def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mounts: Sequence[Any] = (),
@@ -638,8 +741,8 @@ def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mou
     ``extra_mounts`` entry (host mount point, mounts) — e.g. another stage's read-only view for
     COPY --from; all of it vanishes with the child. ``{"op": "batch", "actions": [...]}`` runs
     several actions in one child (runtime.fileops.run_actions). Returns execute's
-    (JSON-serializable) result; its errors come back as SandboxError subclasses (UnsafePath and
-    LayerError keep their type)."""
+    (JSON-serializable) result; its errors come back as SandboxError subclasses (UnsafePath,
+    LayerError, UnknownUser and FileActionError keep their type; others keep message and hint)."""
     if idmap is None and os.geteuid() != 0:
         raise UnsupportedHost("file actions as a non-root user need a user namespace id map",
                               hint="pass idmap=runtime.idmap.rootless_mapping()")
@@ -652,8 +755,7 @@ def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mou
     popen = None
     try:
         try:
-            popen = _spawn(fds, (subprocess.DEVNULL, None, None), child_fds=(ctl_r, msg_w),
-                           python=python)
+            popen = _spawn(fds, (DEVNULL, None, None), python=python)
         finally:
             os.close(ctl_r)
             os.close(msg_w)
@@ -695,14 +797,24 @@ def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mou
 
 
 def _apply_error(err: Mapping[str, Any]) -> None:
+    """Raise what the file action raised: its own type for the kinds above (same message,
+    fields and hint), else a SandboxError that keeps the message and the hint."""
     kind = str(err.get("kind", ""))
     fields = err.get("fields") or {}
-    if kind in _ERROR_KINDS and all(k in fields for k in _ERROR_KINDS[kind]):
-        from runtime import errors
+    message = str(err.get("message", ""))
+    hint = fields.get("hint") if isinstance(fields.get("hint"), str) else None
+    known = _ERROR_KINDS.get(kind)
+    if known is not None and all(k in fields for k in known[1]):
+        import importlib
 
-        cls = getattr(errors, kind)
-        raise cls(*(fields[k] for k in _ERROR_KINDS[kind]))
-    raise SandboxError(f"file action failed ({err.get('stage')}): {err.get('message')}")
+        cls = getattr(importlib.import_module(known[0]), kind)
+        exc = cls(*(fields[k] for k in known[1])) if known[1] else cls(message)
+        if message:
+            exc.args = (message,)
+        if hint is not None:
+            exc.hint = hint
+        raise exc
+    raise SandboxError(f"file action failed ({err.get('stage')}): {message}", hint=hint)
 
 
 # -- an external OCI runtime on the same bundle -------------------------------------------------------
@@ -733,7 +845,7 @@ def run_runtime(spec: Mapping[str, Any], *, bundle: str | os.PathLike[str], cont
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     try:
         try:
-            popen = _spawn({"ctl": ctl_r, "msg": msg_w}, stdio, child_fds=(ctl_r, msg_w), python=python)
+            popen = _spawn({"ctl": ctl_r, "msg": msg_w}, stdio, python=python)
         finally:
             os.close(ctl_r)
             os.close(msg_w)

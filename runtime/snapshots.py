@@ -2,7 +2,9 @@
 committed; image layers committed by ChainID), ``keys/<sha256(key)>`` -> id symlinks, mutations
 under ``snapshots/lock`` (flock). OverlaySnapshotter stacks committed dirs as overlay lowers;
 CopySnapshotter copies the parent (no overlayfs). ``mount_all`` is only for the sandbox's own
-mount namespace: nothing here mounts on the host. Imports: stdlib, registry.store, runtime.
+mount namespace: nothing here mounts on the host. Ephemeral snapshots (a foreground ``run
+--rm`` layer) skip fsyncs and are mounted once, ``volatile`` (``single_use``). Imports: stdlib,
+registry.store, runtime (unpack, pathsafe, _syscalls only inside the functions that need them).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Mount:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotInfo:
+    """A snapshot's metadata (meta.json)."""
+
     key: str
     kind: Kind
     parent: str | None
@@ -328,10 +332,9 @@ class _Base:
         SnapshotExists if ``key`` is taken.
 
         ``ephemeral``: the snapshot lives exactly as long as one container that is removed
-        when it exits (``run --rm`` in the foreground). Its metadata is written without fsync,
-        and the overlay snapshotter mounts it ``volatile`` (no sync of the host filesystem
-        at unmount). Such a snapshot can be mounted only once and never committed; after a
-        crash it is garbage for ``remove``/``cleanup``."""
+        when it exits (``run --rm`` in the foreground). Its metadata is written without fsync
+        and it can never be committed; after a crash it is garbage for ``remove``/``cleanup``.
+        Its owner mounts it through ``single_use(mounts)`` (overlay 'volatile')."""
         self._new(key, parent, "active", labels, ephemeral=ephemeral)
         return self.mounts(key)
 
@@ -451,10 +454,6 @@ class OverlaySnapshotter(_Base):
         opts = [*self._base_options(),
                 "lowerdir=" + ":".join(_escape_option_path(p) for p in lowers),
                 "upperdir=" + _escape_option_path(own), "workdir=" + _escape_option_path(work)]
-        if info.ephemeral and _volatile_supported():
-            # no syncfs of the whole host filesystem when the container's mount namespace
-            # goes away (10-100 ms on a busy disk)
-            opts.append(VOLATILE)
         return [Mount("overlay", "overlay", tuple(opts))]
 
     def apply_layer(self, key: str, stream: IO[bytes], *, layer: str = "<layer>",
@@ -542,6 +541,20 @@ def open_snapshotter(root: str | os.PathLike[str], driver: str | None = None) ->
     if driver:
         raise SnapshotError(f"unknown snapshotter {driver!r}", hint="use 'overlay' or 'copy'")
     return default_snapshotter(root)
+
+
+def single_use(mounts: Sequence[Mount]) -> list[Mount]:
+    """The mounts for the last mount of an ephemeral snapshot's writable layer (the `run --rm`
+    container itself): overlay mounts with an upper dir get ``volatile``, so the kernel skips
+    the syncfs of the whole host filesystem when the container's mount namespace goes away
+    (10-100 ms on a busy disk). Overlay then refuses any later mount of that upper dir (its
+    work/incompat/volatile marker), which is why only the removing owner uses this."""
+    if not _volatile_supported():
+        return list(mounts)
+    return [Mount(m.type, m.source, (*m.options, VOLATILE))
+            if m.type == "overlay" and VOLATILE not in m.options
+            and any(o.startswith("upperdir=") for o in m.options) else m
+            for m in mounts]
 
 
 def _volatile_supported() -> bool:

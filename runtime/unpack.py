@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import os
+import re
 import stat
 import tarfile
 from collections import OrderedDict
@@ -62,6 +63,8 @@ class UnpackStats:
 
 @dataclass(slots=True)
 class _Counters:
+    """Mutable counts behind UnpackStats."""
+
     entries: int = 0
     files: int = 0
     dirs: int = 0
@@ -100,6 +103,8 @@ class RawAdapter(io.RawIOBase):
 
 
 _PLAIN_TYPES = frozenset(b"0123456")    # REG LNK SYM CHR BLK DIR FIFO
+_STD_NUMBERS = re.compile(rb"([0-7]{7})\0([0-7]{7})\0([0-7]{7})\0([0-7]{11})\0([0-7]{11})\0")
+_NO_DEVICE = bytes(16)
 _BASE256 = (0o200, 0o377)
 
 
@@ -135,13 +140,20 @@ def _plain_header(buf: bytes, end: int) -> tarfile.TarInfo | None:
         chksum = _octal_field(buf[148:156])
         if chksum != 256 + sum(buf[:148]) + sum(buf[156:]):
             return None
-        mode = _octal_field(buf[100:108])
-        uid = _octal_field(buf[108:116])
-        gid = _octal_field(buf[116:124])
-        size = _octal_field(buf[124:136])
-        mtime = _octal_field(buf[136:148])
-        devmajor = _octal_field(buf[329:337])
-        devminor = _octal_field(buf[337:345])
+        std = _STD_NUMBERS.fullmatch(buf, 100, 148)
+        if std is not None:       # the usual zero-padded form: no per-field scanning
+            mode, uid, gid, size, mtime = (int(g, 8) for g in std.groups())
+        else:
+            mode = _octal_field(buf[100:108])
+            uid = _octal_field(buf[108:116])
+            gid = _octal_field(buf[116:124])
+            size = _octal_field(buf[124:136])
+            mtime = _octal_field(buf[136:148])
+        if buf[329:345] == _NO_DEVICE:
+            devmajor = devminor = 0
+        else:
+            devmajor = _octal_field(buf[329:337])
+            devminor = _octal_field(buf[337:345])
     except ValueError:
         return None
     kind = buf[156:157]
@@ -400,6 +412,8 @@ def is_whiteout_device(st: os.stat_result) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _DirMeta:
+    """A directory's metadata, applied after its children are written."""
+
     mode: int
     uid: int
     gid: int

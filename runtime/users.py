@@ -1,6 +1,6 @@
 """Users and groups of an image: /etc/passwd and /etc/group read inside a root (symlinks
 resolved in the root, size-capped, regular files only), and docker's rules for USER / ``-u``
-(runc's GetExecUser) and for COPY ``--chown`` (a missing group means gid = uid).
+(runc's GetExecUser) and BuildKit's for COPY ``--chown`` / WORKDIR owners (resolve_chown).
 Imports: stdlib, runtime.pathsafe/errors.
 """
 
@@ -157,24 +157,41 @@ def resolve_user(root: str | os.PathLike[str] | int | None, spec: str) -> ExecUs
     return ExecUser(result_uid, result_gid, extra, home, name)
 
 
-def resolve_chown(root: str | os.PathLike[str] | int | None, spec: str) -> tuple[int, int]:
-    """COPY/ADD ``--chown`` → (uid, gid). Names are looked up in the image; a missing group
-    means gid = uid (docker's rule). Raises UnknownUser."""
+def resolve_chown(root: str | os.PathLike[str] | int | None, spec: str, *,
+                  missing: str = "error") -> tuple[int, int]:
+    """COPY/ADD ``--chown`` and WORKDIR under USER -> (uid, gid), with BuildKit's rules: a
+    numeric user without a group gets gid = uid; a user name gets its passwd entry's primary
+    group; ``root`` is 0 even without an /etc/passwd; a group is a gid or a name in
+    /etc/group. Names are read inside ``root`` (symlinks resolved in the root).
+
+    ``missing="error"`` raises UnknownUser for a name the image does not define (COPY);
+    ``missing="root"`` keeps BuildKit's WORKDIR fallback: an unknown user is 0:0 and an
+    unknown group keeps the user's gid.
+    """
     user_arg, group_arg = _split(spec)
     if not user_arg:
         raise UnknownUser("user", spec, "empty user")
     uid = _int(user_arg)
+    gid: int | None = uid
     if uid is None:
         entry = next((e for e in read_passwd(root) or () if e.name == user_arg), None)
-        if entry is None:
+        if entry is not None:
+            uid, gid = entry.uid, entry.gid
+        elif user_arg == "root" or missing == "root":
+            uid, gid = 0, 0
+        else:
             raise UnknownUser("user", user_arg)
-        uid = entry.uid
+    assert gid is not None
     if not group_arg:
-        return uid, uid
-    gid = _int(group_arg)
-    if gid is None:
-        g = next((g for g in read_group(root) or () if g.name == group_arg), None)
-        if g is None:
-            raise UnknownUser("group", group_arg)
-        gid = g.gid
-    return uid, gid
+        return uid, gid
+    named = _int(group_arg)
+    if named is not None:
+        return uid, named
+    g = next((g for g in read_group(root) or () if g.name == group_arg), None)
+    if g is not None:
+        return uid, g.gid
+    if group_arg == "root":
+        return uid, 0
+    if missing == "root":
+        return uid, gid
+    raise UnknownUser("group", group_arg)

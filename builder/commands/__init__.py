@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Globals:
+    """The group's own flags (--root, --debug) and the store they open."""
+
     root: str | None = None
     debug: bool = False
     _store: DirStore | None = field(default=None, repr=False)

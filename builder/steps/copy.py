@@ -1,6 +1,8 @@
 """COPY / ADD / WORKDIR: file actions run by runtime.sandbox.apply (runtime.fileops) in the
-stage's active snapshot, so --chown names resolve in the image and ownership is real when
-rootless. The layer is the snapshot's upper directory, diffed like a RUN's.
+stage's active snapshot, so --chown names (and WORKDIR's USER) resolve inside the mounted
+image and ownership is real when rootless; --chmod (octal or symbolic) and globs of other
+stages are applied there too. The layer is the snapshot's upper directory, diffed like a
+RUN's. ``--link`` copies onto an empty snapshot: its key and layer do not depend on the base.
 
 Docker's rules: a directory source copies its contents; several sources (or a glob) need a
 destination ending in '/'; a relative destination is under WORKDIR; .dockerignore'd files are
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cachekey import KeyDoc
-from builder.dockerignore import Matcher, go_clean, parse_ignore
+from builder.dockerignore import Matcher, glob_regex, go_clean, parse_ignore
 from builder.errors import BuildError, ContextError
 from builder.state import StageState
 from builder.steps import Prepared, StepEnv, StepOutcome, expand, expand_heredoc
@@ -79,6 +81,12 @@ class CopyHandler:
         chown = x(ins.chown) if ins.chown else None
         chmod = x(ins.chmod) if ins.chmod else None
         _check_chmod(chmod, sp)
+        if ins.link and chown and not _numeric_owner(chown):
+            # as BuildKit (moby/buildkit#7134): a --link copy happens on an empty tree with no
+            # /etc/passwd, and must not depend on the base image anyway
+            raise BuildError(f"{ins.KIND} --link --chown={chown}: user and group names cannot be "
+                             "resolved in a --link copy", span=sp,
+                             hint="use numeric ids (--chown=1000:1000), or drop --link")
         excludes = [x(e) for e in ins.exclude]
         exclude = _exclude_matcher(excludes)
         from_ = x(ins.from_) if isinstance(ins, ast.Copy) and ins.from_ else None
@@ -92,9 +100,10 @@ class CopyHandler:
             folder = Path(env.tmp) / f"inline-{secrets.token_hex(6)}"
             folder.mkdir()
             (folder / h.name).write_text(body)
+            (folder / h.name).chmod(0o644)          # BuildKit's Mkfile mode for inline files
             digest = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
             sources.append(_Source("inline", h.name, [{"root": str(folder), "rel": h.name, "kind": "file",
-                                                      "name": "", "force_mode": 0o644}], digest))
+                                                      "name": ""}], digest))
         for pattern in raw_sources:
             if from_ is not None:
                 sources.append(self._from_source(from_, pattern, parents, exclude, env, sp))
@@ -115,7 +124,10 @@ class CopyHandler:
             "platform": state.platform,
         }
         inputs = {f"{i}:{s.origin}:{s.pattern}": s.digest for i, s in enumerate(sources)}
-        doc = KeyDoc("copy", str(state.key), op, inputs, {"text": ins.original})
+        # --link: the layer is made on an empty tree, so its key leaves the parent out (the
+        # engine chains the stage key through cachekey.link_key)
+        parent = "" if ins.link else str(state.key)
+        doc = KeyDoc("copy", parent, op, inputs, {"text": ins.original})
 
         def detail() -> dict[str, Any]:
             # per-file listings, computed only when the key misses (they explain the miss)
@@ -125,10 +137,12 @@ class CopyHandler:
         created_by = f"{ins.KIND} " + " ".join(
             [*(f"--{f.name}={f.value}" if f.value is not None else f"--{f.name}" for f in ins.flags),
              *[s.pattern for s in sources], dest_raw])
+        what = ins.KIND + (f" --from={from_}" if from_ else "")
         return Prepared(ins, doc, created_by, data={"detail": detail, "sources": sources, "dest": dest,
                                                    "dest_dir": dest_dir,
                                                    "chown": chown, "chmod": chmod, "from": from_,
-                                                   "link": ins.link, "preserve": from_ is not None})
+                                                   "link": ins.link, "preserve": from_ is not None,
+                                                   "what": what})
 
     def _from_source(self, from_: str, pattern: str, parents: bool, exclude: Matcher | None,
                      env: StepEnv, span: ast.Span) -> _Source:
@@ -143,16 +157,26 @@ class CopyHandler:
         except KeyError:
             other = env.image_state(from_, span)
             origin = "image"
-        path = go_clean("/" + pattern)
-        item = {"state": other, "src": path, "glob": _has_glob(path), "name": None,
-                "parents": parents, "exclude": [str(p) for p in exclude.patterns] if exclude else []}
+        base = None
+        full = pattern
+        if parents:
+            # BuildKit: an optional '/./' pivot; the path after it is kept under the destination
+            head, sep, tail = pattern.partition("/./")
+            base, full = (go_clean("/" + head), f"{head}/{tail}") if sep else ("/", pattern)
+        path = go_clean("/" + full)
+        glob = _has_glob(path)
+        if glob:
+            glob_regex(path)                       # a bad pattern fails here, with its location
+        item = {"state": other, "src": path, "glob": glob, "name": None,
+                "parents": base.lstrip("/") if base is not None else None,
+                "exclude": exclude_rules(exclude)}
         return _Source(origin, pattern, [item], str(other.key))
 
     def execute(self, prep: Prepared, state: StageState, env: StepEnv) -> StepOutcome:
-        owner = resolve_owner(prep.data["chown"], state, env, prep.ins.span)
-        chmod: str | None = prep.data["chmod"]
-        symbolic = bool(chmod) and not re.fullmatch(r"[0-7]{3,4}", chmod or "")
-        mode = int(chmod, 8) if chmod and not symbolic else None
+        # --chown names and --chmod (octal or symbolic) are resolved by runtime.fileops inside
+        # the sandbox, per file, against the mounted image
+        owner: str | None = prep.data["chown"]
+        mode: str | None = prep.data["chmod"]
         dest, dest_dir = prep.data["dest"], prep.data["dest_dir"]
         actions: list[dict[str, Any]] = []
         extra: list[tuple[str, Any]] = []
@@ -160,21 +184,22 @@ class CopyHandler:
         views: list[str] = []
         try:
             for s in prep.data["sources"]:
-                groups: dict[tuple[str | None, str, int | None], list[dict[str, Any]]] = {}
+                groups: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
                 for item in s.items:
                     if "state" in item:
                         root = self._stage_root(item["state"], env, extra, views, prep.ins.span)
-                        groups.setdefault((root, item.get("name") or "", None), []).append(
-                            {**item, "rel": item["src"].lstrip("/") or "."})
+                        target = _as_dir(dest) if dest_dir or item["parents"] is not None else dest
+                        actions.append({
+                            "op": "copy", "sources": [item["src"].lstrip("/") or "."], "dest": target,
+                            "source_root": root, "workdir": "/", "owner": owner, "preserve_owner": True,
+                            "mode": mode, "mtime": None, "skip": [], "glob": item["glob"],
+                            "parents": item["parents"], "exclude": item["exclude"]})
                     elif item["kind"] == "archive":
                         actions.append({"op": "extract", "archive": item["src"], "dest": _as_dir(dest),
-                                        "workdir": "/", "owner": list(owner) if owner else None})
+                                        "workdir": "/", "owner": owner})
                     else:
-                        file_mode = _symbolic_mode(item, chmod or "", prep.ins.span) if symbolic else None
-                        groups.setdefault((item["root"], item.get("name") or "", file_mode), []).append(item)
-                for (group_root, name, file_mode), items in groups.items():
-                    if symbolic:
-                        mode = file_mode
+                        groups.setdefault((item["root"], item.get("name") or ""), []).append(item)
+                for (group_root, name), items in groups.items():
                     target = dest
                     if name:   # --parents: the kept directories go under the destination
                         target = _as_dir(go_clean(f"{dest}/{name}"))
@@ -182,13 +207,11 @@ class CopyHandler:
                         target = _as_dir(dest)
                     actions.append({
                         "op": "copy", "sources": [i["rel"] for i in items], "dest": target,
-                        "source_root": group_root, "workdir": "/",
-                        "owner": list(owner) if owner else None,
-                        "preserve_owner": bool(prep.data["preserve"]),
-                        "mode": mode if mode is not None else _inline_mode(items),
-                        "mtime": None, "skip": [p for i in items for p in i.get("skip") or ()]})
+                        "source_root": group_root, "workdir": "/", "owner": owner,
+                        "preserve_owner": bool(prep.data["preserve"]), "mode": mode, "mtime": None,
+                        "skip": [p for i in items for p in i.get("skip") or ()]})
             return apply_actions(actions, state, env, link=bool(prep.data["link"]), extra_mounts=extra,
-                                 created_by=prep.created_by)
+                                 created_by=prep.created_by, span=prep.ins.span, what=prep.data["what"])
         finally:
             for vkey in views:
                 with contextlib.suppress(Exception):  # noqa: BLE001 - cleanup
@@ -217,13 +240,6 @@ def _as_dir(path: str) -> str:
     return path if path.endswith("/") else path + "/"
 
 
-def _inline_mode(items: list[dict[str, Any]]) -> int | None:
-    modes = {i.get("force_mode") for i in items}
-    if len(modes) == 1:
-        return modes.pop()
-    return None
-
-
 class WorkdirHandler:
     """WORKDIR sets the config's working dir and creates the directory (owned by USER)."""
 
@@ -242,89 +258,35 @@ class WorkdirHandler:
                         data={"path": path, "user": state.config.user or None})
 
     def execute(self, prep: Prepared, state: StageState, env: StepEnv) -> StepOutcome:
+        # WORKDIR under USER: the directories it creates belong to that user and its primary
+        # group, resolved in the image's /etc/passwd inside the sandbox; a user the image does
+        # not define means root, as BuildKit does
         user = prep.data["user"]
-        owner = None
-        if user:
-            # WORKDIR under USER: the directory belongs to that user (and its primary group)
-            owner = _user_ids(user, state, env, prep.ins.span)
-        action = {"op": "mkdir", "path": prep.data["path"], "workdir": "/",
-                  "owner": list(owner) if owner else None, "mode": 0o755}
+        action = {"op": "mkdir", "path": prep.data["path"], "workdir": "/", "owner": user or None,
+                  "owner_missing": "root", "mode": 0o755}
         outcome = apply_actions([action], state, env, link=False, extra_mounts=[],
-                                created_by=prep.created_by)
+                                created_by=prep.created_by, span=prep.ins.span, what="WORKDIR")
         assert prep.config is not None
         outcome.config = prep.config
         return outcome
 
 
-def _user_ids(spec: str, state: StageState, env: StepEnv, span: ast.Span) -> tuple[int, int]:
+def _numeric_owner(spec: str) -> bool:
+    """A --chown that needs no /etc/passwd: numeric ids (or BuildKit's special 'root')."""
     user, _, group = spec.partition(":")
-    if user.isdigit() and (not group or group.isdigit()):
-        return int(user), int(group) if group else 0
-    from runtime import users
-
-    tmp = Path(env.tmp) / f"etc-{secrets.token_hex(4)}"
-    (tmp / "etc").mkdir(parents=True)
-    for name in ("passwd", "group"):
-        data = _read_in_chain(state, env, f"etc/{name}")
-        if data is not None:
-            (tmp / "etc" / name).write_bytes(data)
-    try:
-        eu = users.resolve_user(str(tmp), spec)
-    except Exception as exc:  # noqa: BLE001 - an unknown user: root, as BuildKit falls back
-        del exc
-        return 0, 0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return eu.uid, eu.gid
-
-
-def resolve_owner(spec: str | None, state: StageState, env: StepEnv,
-                  span: ast.Span) -> tuple[int, int] | None:
-    """--chown / USER → (uid, gid): numbers as written; names from the image's /etc/passwd and
-    /etc/group (read from the stage's snapshot layers, topmost first)."""
-    if not spec:
-        return None
-    user, _, group = spec.partition(":")
-    if user.isdigit() and (not group or group.isdigit()):
-        uid = int(user)
-        return uid, int(group) if group else uid
-    from runtime import users
-    from runtime.errors import SandboxError
-
-    tmp = Path(env.tmp) / f"etc-{secrets.token_hex(4)}"
-    (tmp / "etc").mkdir(parents=True)
-    for name in ("passwd", "group"):
-        data = _read_in_chain(state, env, f"etc/{name}")
-        if data is not None:
-            (tmp / "etc" / name).write_bytes(data)
-    try:
-        return users.resolve_chown(str(tmp), spec)
-    except SandboxError as exc:
-        raise BuildError(str(exc), span=span, hint=getattr(exc, "hint", None)) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_in_chain(state: StageState, env: StepEnv, rel: str) -> bytes | None:
-    from runtime import pathsafe
-
-    chain = env.ensure_snapshot(state)
-    if chain is None:
-        return None
-    sn = env.snapshotter()
-    for base in [sn.path(chain), *sn.parent_paths(chain)]:
-        with contextlib.suppress(OSError):
-            data = pathsafe.read_file(base, rel)
-            if data is not None:
-                return data
-    return None
+    ok = {"root"}
+    return (user.isdigit() or user in ok) and (not group or group.isdigit() or group in ok)
 
 
 def apply_actions(actions: list[dict[str, Any]], state: StageState, env: StepEnv, *, link: bool,
-                  extra_mounts: list[tuple[str, Any]], created_by: str) -> StepOutcome:
-    """Run file actions on a fresh active snapshot of the stage, then diff and commit it."""
+                  extra_mounts: list[tuple[str, Any]], created_by: str, span: ast.Span | None = None,
+                  what: str = "COPY") -> StepOutcome:
+    """Run file actions on a fresh active snapshot of the stage, then diff and commit it.
+    A failed action (a source glob that matched nothing, an unknown --chown name...) is a
+    BuildError at the instruction's location."""
     from builder.steps.run import commit_active
     from runtime import sandbox
+    from runtime.errors import SandboxError
 
     sn = env.snapshotter()
     parent = None if link else env.ensure_snapshot(state)
@@ -344,7 +306,10 @@ def apply_actions(actions: list[dict[str, Any]], state: StageState, env: StepEnv
             idmap = rootless_mapping()
         if actions:
             batch = actions[0] if len(actions) == 1 else {"op": "batch", "actions": actions}
-            sandbox.apply(batch, root=str(root), rootfs_mounts=mounts, idmap=idmap, **kwargs)
+            try:
+                sandbox.apply(batch, root=str(root), rootfs_mounts=mounts, idmap=idmap, **kwargs)
+            except SandboxError as exc:
+                raise action_error(exc, what, span) from None
         if link:
             layer, snapshot = commit_active(sn, active, _empty_like(state), env, commit=False)
         else:
@@ -415,59 +380,50 @@ def _exclude_matcher(patterns: list[str]) -> Matcher | None:
     return Matcher(parse_ignore("\n".join(patterns), source="--exclude"))
 
 
-def apply_symbolic(mode: int, spec: str) -> int:
-    """chmod(1)'s symbolic modes ('u+x,g-w,o=r', 'a+X') applied to a regular file's mode."""
-    who_bits = {"u": 0o4700, "g": 0o2070, "o": 0o1007}
-    for clause in spec.split(","):
-        m = re.fullmatch(r"([ugoa]*)(.*)", clause)
-        assert m is not None
-        who = m.group(1).replace("a", "ugo") or "ugo"
-        for op, perms in re.findall(r"([-+=])([ugo](?![rwxXst])|[rwxXst]*)", m.group(2)):
-            bits = 0
-            if perms in ("u", "g", "o"):
-                src = {"u": (mode >> 6) & 7, "g": (mode >> 3) & 7, "o": mode & 7}[perms]
-                bits = sum(src << shift for w, shift in (("u", 6), ("g", 3), ("o", 0)) if w in who)
-            else:
-                for p in perms:
-                    if p == "r":
-                        bits |= 0o444
-                    elif p == "w":
-                        bits |= 0o222
-                    elif p == "x" or (p == "X" and mode & 0o111):
-                        bits |= 0o111
-                    elif p == "s":
-                        bits |= 0o6000
-                    elif p == "t":
-                        bits |= 0o1000
-                mask = sum(who_bits[w] for w in set(who))
-                bits &= mask
-            if op == "+":
-                mode |= bits
-            elif op == "-":
-                mode &= ~bits
-            else:
-                clear = sum(who_bits[w] & 0o777 for w in set(who))
-                mode = (mode & ~clear) | bits
-    return mode & 0o7777
-
-
-def _symbolic_mode(item: dict[str, Any], spec: str, span: ast.Span) -> int:
-    if item.get("kind") != "file" or "src_mode" not in item:
-        raise BuildError(f"--chmod={spec}: a symbolic mode is applied per file; it is supported for "
-                         "files from the context, not for directories or other stages yet",
-                         span=span, hint="use an octal mode such as --chmod=0755")
-    return apply_symbolic(int(item["src_mode"]), spec)
-
-
 def _check_chmod(chmod: str | None, span: ast.Span) -> None:
+    """--chmod as BuildKit accepts it: octal up to 07777, or chmod(1) symbolic (u+x,g-w)."""
     if chmod is None:
         return
-    if re.fullmatch(r"[0-7]{3,4}", chmod):
-        return
-    clause = r"[ugoa]*([-+=]([rwxXst]*|[ugo]))+"
-    if re.fullmatch(f"{clause}(,{clause})*", chmod):
-        return
-    raise BuildError(f"invalid --chmod {chmod!r}: want octal (0755) or symbolic (u+x,g-w)", span=span)
+    from runtime.fileops import FileActionError, parse_mode
+
+    try:
+        parse_mode(chmod)
+    except FileActionError as exc:
+        raise BuildError(f"--chmod: {exc}", span=span,
+                         hint="use an octal mode (0755) or chmod(1) symbolic clauses (u+x,go=rX)") from None
+
+
+def exclude_rules(matcher: Matcher | None) -> list[dict[str, Any]]:
+    """--exclude patterns as JSON for runtime.fileops: each .dockerignore pattern with an
+    anchored regex that matches exactly what builder.dockerignore's Pattern.match does."""
+    if matcher is None:
+        return []
+    out = []
+    for p in matcher.patterns:
+        if p.kind == "exact":
+            rx = "^" + re.escape(p.text) + "$"
+        elif p.kind == "prefix":
+            rx = "^" + re.escape(p.text[:-2])
+        elif p.kind == "suffix":
+            suffix = p.text[2:]
+            alt = "|" + re.escape(suffix[1:]) if suffix.startswith("/") else ""
+            rx = "^(?:.*" + re.escape(suffix) + alt + ")$"
+        else:
+            assert p.regex is not None
+            rx = p.regex.pattern
+        out.append({"pattern": p.text, "regex": rx, "exclusion": p.exclusion})
+    return out
+
+
+def action_error(exc: Exception, what: str, span: ast.Span | None) -> BuildError:
+    """A file action's failure as a Dockerfile error (the sandbox's prefix dropped)."""
+    text = str(exc)
+    for prefix in ("file action failed (action): ", "copy: ", "mkdir: ", "extract: "):
+        text = text.removeprefix(prefix)
+    hint = getattr(exc, "hint", None)
+    if "unable to find" in text:
+        hint = hint or "use a numeric id, or create the account in an earlier step"
+    return BuildError(f"{what}: {text}", span=span, hint=hint)
 
 
 def _context_source(ctx: Any, pattern: str, parents: bool, exclude: Matcher | None, is_add: bool,
@@ -589,9 +545,10 @@ def _url_source(url: str, checksum: str | None, env: StepEnv, span: ast.Span) ->
     if modified:
         with contextlib.suppress(TypeError, ValueError):
             mtime = int(email.utils.parsedate_to_datetime(modified).timestamp())
+    target.chmod(0o600)                     # BuildKit's mode for downloaded files
     if mtime is not None:
         os.utime(target, (mtime, mtime))
-    item = {"root": str(dest), "rel": name, "kind": "file", "name": "", "force_mode": 0o600}
+    item = {"root": str(dest), "rel": name, "kind": "file", "name": ""}
     return _Source("url", url, [item], f"{digest}:{mtime}")
 
 

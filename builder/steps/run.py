@@ -1,11 +1,13 @@
 """RUN: the command runs in runtime.sandbox on an active overlay snapshot of the stage; its
-layer is read from the upper directory (O(bytes changed)) by runtime.diff.
+layer is read from the upper directory (O(bytes changed)) by runtime.diff (rootless: inside
+the build's user namespace, so the layer holds the ids the container saw).
 
 Shell form honours SHELL; heredocs are handed to the shell (or run as a script when the whole
 command is one heredoc starting with '#!'); ``--mount`` bind (context, stage or image),
-cache (persistent per id under the store, never in a layer), tmpfs and secret; ``--network``
-default|none|host (default: the host's network, as BuildKit without CNI). The cache key hashes
-argv, env, user, workdir, network, mounts and build args; never proxy args or secret values.
+cache (persistent per id under the store, never in a layer; ``from=`` seeds it from a stage,
+image or context), tmpfs and secret; ``--network`` default|none|host (default: the host's
+network, as BuildKit without CNI). The cache key hashes argv, env, user, workdir, network,
+mounts and build args; never proxy args or secret values.
 """
 
 from __future__ import annotations
@@ -130,7 +132,24 @@ class RunHandler:
             hashed = {"type": "cache", "id": cid, "target": target, "sharing": m.sharing or "shared",
                       "mode": m.mode, "uid": m.uid, "gid": m.gid, "readonly": m.readonly,
                       "from": m.from_, "source": m.source}
-            return _MountPlan("cache", target, hashed, spec={"id": cid, "mount": m})
+            if not m.from_:
+                return _MountPlan("cache", target, hashed, spec={"id": cid, "mount": m})
+            # from=STAGE|IMAGE|CONTEXT[,source=PATH]: BuildKit starts the cache from that
+            # tree (a separate cache per id and per seed content); what RUN writes persists
+            from builder.dockerignore import go_clean
+
+            rel = go_clean("/" + (m.source or "/")).lstrip("/")
+            named = env.named_context(m.from_)
+            if named is not None:
+                crel = named.clean(m.source or "/")
+                digest = named.tree_digest(crel)
+                seed: dict[str, Any] = {"context": named, "rel": crel, "key": f"context:{digest}:{crel}"}
+            else:
+                other = _other_state(m.from_, env, ins)
+                digest = str(other.key)
+                seed = {"state": other, "rel": rel, "key": f"stage:{digest}:{rel}"}
+            return _MountPlan("cache", target, hashed, f"mount:{target}", digest,
+                              spec={"id": cid, "mount": m, "seed": seed})
         # bind
         source = m.source or "/"
         hashed = {"type": "bind", "target": target, "source": source, "from": m.from_,
@@ -199,7 +218,7 @@ class RunHandler:
             if not keep:
                 with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
                     sn.remove(active)
-            shutil.rmtree(step_dir, ignore_errors=True)
+            remove_tree(step_dir)
 
     @staticmethod
     def _etc_files(step_dir: Path, network: str) -> None:
@@ -258,10 +277,11 @@ class RunHandler:
                     with os.fdopen(fd, "wb") as fh:
                         fh.write(data)
                     secret_file.chmod(m.mode if m.mode is not None else 0o400)
-                    os.chown(secret_file, m.uid or 0, m.gid or 0)
+                    chown_host(secret_file, m.uid or 0, m.gid or 0)
                     out.append(specmod.bind_mount(str(secret_file), plan.target, readonly=True))
             elif plan.kind == "cache":
-                cache_path = stack.enter_context(_cache_dir(env, plan.spec["id"], m))
+                cache_path = stack.enter_context(_cache_dir(env, plan.spec["id"], m, plan.spec.get("seed"),
+                                                            prep.ins.span))
                 out.append(specmod.bind_mount(str(cache_path), plan.target, readonly=m.readonly))
             elif plan.kind == "bind":
                 out.append(self._bind(plan, m, env, step_dir))
@@ -307,21 +327,39 @@ def _idmap() -> Any:
 
 
 @contextlib.contextmanager
-def _cache_dir(env: StepEnv, cid: str, m: ast.Mount) -> Iterator[Path]:
+def _cache_dir(env: StepEnv, cid: str, m: ast.Mount, seed: dict[str, Any] | None = None,
+               span: ast.Span | None = None) -> Iterator[Path]:
     """A persistent directory per cache id (sharing: shared, locked = one user at a time,
-    private = a fresh directory when another build holds it)."""
+    private = a fresh directory when another build holds it). With ``seed`` (from=...) the
+    directory is another cache per seed content, created as a copy of the seed's tree; the
+    uid/gid/mode options then do not apply (BuildKit uses them for an empty cache only)."""
     base = env.store.subdir("cache") / "mounts"
     base.mkdir(exist_ok=True)
-    name = hashlib.sha256(cid.encode()).hexdigest()[:32]
+    name = hashlib.sha256(cid.encode() + (b"\0" + seed["key"].encode() if seed else b"")).hexdigest()[:32]
     path = base / name
     if not path.exists():
-        tmp = base / f".new-{secrets.token_hex(4)}"
-        tmp.mkdir(mode=m.mode if m.mode is not None else 0o755)
-        os.chown(tmp, m.uid or 0, m.gid or 0)
-        try:
-            tmp.rename(path)
-        except OSError:
-            tmp.rmdir()
+        if seed is None:
+            # made beside its final name: renaming a directory within one parent needs no
+            # write access to it (rootless, it may belong to a subordinate id by then)
+            tmp = base / f".new-{secrets.token_hex(4)}"
+            tmp.mkdir(mode=0o700)
+            try:
+                tmp.chmod(m.mode if m.mode is not None else 0o755)
+                chown_host(tmp, m.uid or 0, m.gid or 0)
+                tmp.rename(path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.rmdir()
+                if not path.exists():
+                    raise
+        else:
+            work = base / f".new-{secrets.token_hex(4)}"
+            work.mkdir(mode=0o700)
+            try:
+                with contextlib.suppress(OSError):      # another build made it meanwhile
+                    _seed_cache(seed, work, env, span).rename(path)
+            finally:
+                remove_tree(work)
     sharing = m.sharing or "shared"
     if sharing == "shared":
         yield path
@@ -341,6 +379,24 @@ def _cache_dir(env: StepEnv, cid: str, m: ast.Mount) -> Iterator[Path]:
             yield private
     finally:
         os.close(lock)
+
+
+def _seed_cache(seed: dict[str, Any], work: Path, env: StepEnv, span: ast.Span | None) -> Path:
+    """The initial content of a cache mount with from=: a copy of that stage's, image's or
+    named context's directory ``source`` (owners and modes kept)."""
+    if "context" in seed:
+        ctx = seed["context"]
+        if ctx.entries()[seed["rel"]].kind != "dir":
+            raise BuildError(f"RUN --mount=type=cache,from={ctx.name}: source {seed['rel']!r} is not "
+                             "a directory", span=span)
+        return _context_view(ctx, seed["rel"], work, writable=True)
+    from builder.steps.copy import export_paths
+
+    out = export_paths(seed["state"], seed["rel"], work, env)
+    if not out.is_dir() or out.name != "out":
+        raise BuildError(f"RUN --mount=type=cache,from=...: source {'/' + seed['rel']!r} is not a "
+                         "directory", span=span)
+    return out
 
 
 def _context_view(ctx: Any, rel: str, step_dir: Path, *, writable: bool) -> Path:
@@ -426,21 +482,80 @@ def _run_logged(spec: dict[str, Any], rootfs_mounts: list[Any], env: StepEnv) ->
     return status.exit_code, [x.decode("utf-8", "replace") for x in tail[-TAIL_LINES:]]
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a scratch tree of the step. Rootless, trees copied from other stages hold
+    directories of other container users (subordinate ids) this user may not empty: what is
+    left is removed from inside the user namespace. Best effort."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.geteuid() == 0 or not os.path.lexists(path):
+        return
+    from runtime import sandbox
+    from runtime.fileops import remove_action
+
+    with contextlib.suppress(Exception):  # noqa: BLE001 - cleanup; the build tmp dir goes later
+        sandbox.apply(remove_action("/" + path.name), root=str(path.parent), idmap=_idmap())
+
+
+def chown_host(path: Path, uid: int, gid: int) -> None:
+    """Give a file the builder made on the host the owner the container should see (cache
+    mount dirs, secret files). Rootless, ids are container ids: 0 is this user already, and
+    others are set from inside a user namespace with the rootless mapping."""
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
+        return
+    if (uid, gid) == (0, 0):
+        return
+    from runtime import sandbox
+    from runtime.fileops import chown_action
+
+    sandbox.apply(chown_action("/" + path.name, (uid, gid)), root=str(path.parent), idmap=_idmap())
+
+
+def _layer(sn: Any, active: str, env: StepEnv) -> LayerRef | None:
+    from registry.layertar import write_layer
+    from runtime.diff import layer_entries
+
+    entries = list(layer_entries(sn, active))
+    if not entries:
+        return None
+    blob = write_layer(entries, env.store, env.codec, clamp_mtime=env.epoch)  # type: ignore[arg-type]
+    return LayerRef(blob.descriptor, blob.diff_id, blob.uncompressed_size)
+
+
+def _rootless_layer(sn: Any, active: str, env: StepEnv) -> LayerRef | None:
+    """Rootless, the upper dir holds host ids (this user, its subordinate range) and files
+    private to other container users that this user cannot read. The diff therefore runs
+    inside a user namespace with the build's mapping (runtime.fileops "layer"), where the
+    files show the ids the container saw and its root may read them all."""
+    from registry.digest import Digest
+    from registry.model import Descriptor
+    from runtime import sandbox
+    from runtime.fileops import layer_action
+
+    empty = Path(env.tmp) / f"layer-{secrets.token_hex(4)}"
+    empty.mkdir()
+    try:
+        action = layer_action(str(env.store.root), str(sn.root), sn.driver, active, codec=env.codec,
+                              clamp_mtime=env.epoch)
+        out = sandbox.apply(action, root=str(empty), idmap=_idmap())
+    finally:
+        empty.rmdir()
+    if out.get("empty"):
+        return None
+    return LayerRef(Descriptor.from_dict(out["descriptor"]), Digest.parse(out["diff_id"]), int(out["size"]))
+
+
 def commit_active(sn: Any, active: str, state: StageState, env: StepEnv, *,
                   commit: bool = True) -> tuple[LayerRef | None, str | None]:
     """Diff active snapshot ``active`` into a layer (None when nothing changed) and commit it
     under the new chain's ChainID. Returns (layer, committed snapshot name or None)."""
-    from registry.layertar import write_layer
     from registry.model import chain_ids
-    from runtime.diff import layer_entries
 
     t0 = time.perf_counter()
-    entries = list(layer_entries(sn, active))
-    if not entries:
+    layer = _rootless_layer(sn, active, env) if os.geteuid() != 0 else _layer(sn, active, env)
+    if layer is None:
         return None, None
-    blob = write_layer(entries, env.store, env.codec, clamp_mtime=env.epoch)  # type: ignore[arg-type]
-    layer = LayerRef(blob.descriptor, blob.diff_id, blob.uncompressed_size)
-    chain = str(chain_ids([*state.diff_ids, blob.diff_id])[-1])
+    chain = str(chain_ids([*state.diff_ids, layer.diff_id])[-1])
     state.extra["commit_seconds"] = time.perf_counter() - t0
     if not commit or sn.exists(chain):
         return layer, None

@@ -42,6 +42,8 @@ TOKEN_MARGIN = 10  # seconds before expiry a cached token is dropped
 # -- challenges -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Challenge:
+    """One WWW-Authenticate challenge: scheme and its parameters."""
+
     scheme: str  # lowercase: "bearer", "basic"
     params: Mapping[str, str] = field(default_factory=dict)
 
@@ -141,6 +143,8 @@ def merge_scopes(scopes: Iterable[str]) -> list[str]:
 # -- credentials ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Credentials:
+    """A user name and password, or an identity token (never printed)."""
+
     username: str = ""
     password: str = field(default="", repr=False)
     identity_token: str = field(default="", repr=False)  # an OAuth2 refresh token
@@ -396,6 +400,8 @@ def helper_get(helper: str, server: str) -> Credentials | None:
 # -- the authenticator ------------------------------------------------------------------
 @dataclass
 class _Token:
+    """A cached bearer token and when it stops being usable."""
+
     value: str
     expires: float
 

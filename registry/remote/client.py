@@ -37,6 +37,8 @@ MANIFEST_ACCEPT = ", ".join((*mt.MANIFEST_ACCEPT, mt.DOCKER_SCHEMA1_SIGNED, mt.D
 
 @dataclass(frozen=True, slots=True)
 class ManifestResponse:
+    """A manifest as the registry sent it, with the digest of those bytes."""
+
     raw: bytes
     media_type: str  # from Content-Type (the body's own mediaType is checked by callers)
     digest: Digest  # computed over raw

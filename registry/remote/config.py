@@ -53,6 +53,8 @@ def api_host(domain: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Mirror:
+    """One mirror of a registry (tried in order before the origin)."""
+
     location: str  # host[:port][/path-prefix]
     insecure: bool = False
 
@@ -68,6 +70,8 @@ class Mirror:
 
 @dataclass(frozen=True, slots=True)
 class RegistryEntry:
+    """One [[registry]] block of the configuration."""
+
     location: str  # host[:port][/namespace] this block applies to
     insecure: bool = False
     blocked: bool = False
@@ -90,6 +94,8 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class HostSettings:
+    """What the configuration says about one host (TLS, CAs, client cert)."""
+
     host: str
     insecure: bool  # plain HTTP allowed and TLS not verified
     loopback: bool  # plain HTTP allowed (TLS still verified when used)

@@ -14,6 +14,8 @@ EventKind = Literal["resolve", "start", "progress", "done", "skip", "retry", "wa
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One progress report of a pull or push."""
+
     kind: EventKind
     digest: str = ""  # the blob or manifest digest ("" for whole-operation events)
     total: int = 0  # bytes expected

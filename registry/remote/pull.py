@@ -56,6 +56,8 @@ class _Interrupted(Exception):
 
 @dataclass(frozen=True)
 class PullResult:
+    """What a pull did (the CLI prints parts of it)."""
+
     descriptor: Descriptor  # the image manifest, as tagged in the store
     name: str  # the tag written ("docker.io/library/busybox:latest")
     repo_digest: Digest  # what the registry served for the ref (index digest if any)
@@ -69,6 +71,8 @@ class PullResult:
 
 @dataclass
 class _Stats:
+    """Byte and blob counts of one pull (updated from worker threads)."""
+
     downloaded: int = 0
     fetched: int = 0
     skipped: int = 0

@@ -4,7 +4,9 @@ Per blob: HEAD (present? done), else a cross-repo mount from a repository on the
 known to have it (blob-info cache), else POST + PUT (monolithic) or PATCH chunks when asked
 (``--chunk-size``, ``OCI-Chunk-Min-Length``, a 413). A broken upload resumes from the session's
 Range; a session that is gone restarts. Blobs stream from the store files, never whole in
-memory. Manifests go up as the stored bytes with their media type, children before their index.
+memory, and are verified (sha256) in the pass that sends them: a blob's last block leaves only
+after the blob matched its digest. Manifests go up as the stored bytes with their media type,
+children before their index.
 Imports registry.* (requests via the client).
 """
 
@@ -130,6 +132,8 @@ class _Slice:
 
 @dataclass(frozen=True)
 class PushResult:
+    """What a push did (the CLI prints parts of it)."""
+
     digest: Digest
     dest: str
     media_type: str

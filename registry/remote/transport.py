@@ -74,6 +74,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """How often and how long a request is retried."""
+
     attempts: int = 3  # total tries of one request, first one included
     base_delay: float = 0.5  # first backoff; doubles per retry
     max_delay: float = 8.0  # cap of one backoff

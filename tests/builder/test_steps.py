@@ -287,9 +287,11 @@ def test_secret_env_and_tmpfs_mounts(busybox_store, tmp_path: Path, monkeypatch:
     ctx = write_tree(tmp_path / "ctx", {"Dockerfile": (
         "FROM busybox\n"
         "RUN --mount=type=secret,id=tok,env=TOKEN --mount=type=tmpfs,target=/scratch "
-        "echo \"len=${#TOKEN}\" > /secret.txt && touch /scratch/x && mount | grep -c ' /scratch ' > /tmpfs.txt\n")})
+        "echo \"len=${#TOKEN}\" > /secret.txt && touch /scratch/x "
+        "&& mount | grep -c ' /scratch ' > /tmpfs.txt\n")})
     out = tmp_path / "out"
-    must_build(busybox_store.store.root, ctx, "--secret", "id=tok,env=PB_TOKEN", "-o", f"type=local,dest={out}")
+    must_build(busybox_store.store.root, ctx, "--secret", "id=tok,env=PB_TOKEN",
+               "-o", f"type=local,dest={out}")
     assert (out / "secret.txt").read_text() == "len=5\n"
     assert (out / "tmpfs.txt").read_text() == "1\n"
     assert not (out / "scratch").exists()

@@ -213,3 +213,17 @@ def test_security_opts_and_userns_flag(bb: StoredImage) -> None:
     auto = pybuild(bb, "run", "--rm", "--network", "none", "--userns", "auto", "busybox", "true")
     assert auto.returncode == 125 and "--userns=auto" in auto.stderr
     assert _records(bb) == []
+
+
+def test_rm_layer_is_ephemeral_and_other_layers_are_not(bb: StoredImage) -> None:
+    """`run --rm` mounts its writable layer overlay 'volatile' (no sync of the host filesystem
+    when it goes); a container that stays gets a normal, durable layer."""
+    probe = "grep ' / ' /proc/mounts | grep -c volatile"
+    r = pybuild(bb, "run", "--rm", "--network", "none", "busybox", "sh", "-c", probe)
+    assert (r.returncode, r.stdout) == (0, "1\n"), r.stderr
+    r = pybuild(bb, "run", "--name", "kept", "--network", "none", "busybox", "sh", "-c", probe)
+    assert r.stdout == "0\n", r.stderr
+    metas = [json.loads(m.read_text()) for m in (bb.store.root / "snapshots").glob("*/meta.json")]
+    kept = [m for m in metas if m["kind"] == "active"]
+    assert len(kept) == 1 and not kept[0].get("ephemeral")
+    assert pybuild(bb, "rm", "kept").returncode == 0

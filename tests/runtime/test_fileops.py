@@ -14,6 +14,7 @@ import pytest
 from runtime import fileops
 from runtime.errors import LayerError, UnsafePath
 from runtime.fileops import FileActionError, copy_action, execute, extract_action, mkdir_action
+from runtime.users import UnknownUser
 from tests.runtime.fsutil import E, make_tar, run_in_child
 
 # Ownership is part of what these rules promise (0:0 by default, --chown), so they run as root;
@@ -260,3 +261,145 @@ def test_export_copies_out_of_the_root(root: Path, tmp_path: Path) -> None:
     assert (single / "f").read_text() == "f"
     with pytest.raises(FileActionError, match="not found"):
         run(fileops.export_action("/etc-link/shadow", str(single)), root)   # the root's /etc
+
+
+# -- --chmod: octal or chmod(1) symbolic, per file ------------------------------------------------
+@pytest.mark.parametrize(("before", "spec", "after"), [
+    (0o777, "=", 0o000), (0o421, "+t", 0o1421), (0o1421, "-t", 0o421), (0o001, "u+X", 0o101),
+    (0o000, "u+X", 0o000), (0o000, "u+s", 0o4000), (0o000, "o+s", 0o000), (0o777, "-X", 0o777),
+    (0o777, "u=rw", 0o677), (0o742, "u=g", 0o442), (0o762, "u=g-w", 0o462), (0o021, "u+go", 0o321),
+    (0o777, "a=r,ug=rw,u+x", 0o764), (0o2100, "o+r,g+w,a+t,g-s,u+og", 0o1724), (0o777, "go-w", 0o755),
+    (0o370, "go=u-w", 0o311), (0o766, "=rw,+X", 0o777), (0o600, "u=rwX,go=rX", 0o644),
+    (0o700, "u=rwX,go=rX", 0o755), (0o123, "0644", 0o644), (0o123, "7", 0o007),
+])
+def test_parse_mode_like_chmod(before: int, spec: str, after: int) -> None:
+    change = fileops.parse_mode(spec)
+    assert change is not None and change.apply(before) == after
+
+
+def test_parse_mode_directories_and_errors() -> None:
+    change = fileops.parse_mode("a+X")
+    assert change is not None
+    assert change.apply(0o600, is_dir=True) == 0o711 and change.apply(0o600) == 0o600
+    for bad in ("", ",", "u", "go", "q+r", "u+x,", "017777", "0o755", "8", "u+q"):
+        with pytest.raises(FileActionError, match="invalid mode"):
+            fileops.parse_mode(bad)
+
+
+def test_symbolic_chmod_applies_per_file_and_directory(ctx: Path, root: Path) -> None:
+    (ctx / "src" / "lib").chmod(0o700)
+    (ctx / "src" / "lib" / "util.sh").chmod(0o600)
+    run(copy_action(["src"], "/app/", source_root=str(ctx), mode="u=rwX,go=rX"), root)
+    assert (root / "app" / "main.sh").stat().st_mode & 0o7777 == 0o755    # was 0755: x kept
+    assert (root / "app" / "lib").stat().st_mode & 0o7777 == 0o755        # a directory: X
+    assert (root / "app" / "lib" / "util.sh").stat().st_mode & 0o7777 == 0o644
+    assert os.readlink(root / "app" / "run") == "main.sh"                 # links untouched
+    run(copy_action(["README"], "/r", source_root=str(ctx), mode="0640"), root)
+    assert (root / "r").stat().st_mode & 0o7777 == 0o640
+
+
+# -- owners by name, read inside the root -----------------------------------------------------------
+def _accounts(root: Path) -> None:
+    (root / "data").mkdir()
+    (root / "data" / "passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:2000::/home/app:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nappgrp:x:2000:\nstaff:x:50:\n")
+    os.symlink("/data/passwd", root / "etc" / "passwd")        # resolved in the root, not the host
+
+
+def test_owner_names_resolve_in_the_root(ctx: Path, root: Path) -> None:
+    _accounts(root)
+    run(copy_action(["README"], "/a", source_root=str(ctx), owner="app"), root)
+    assert (root / "a").stat().st_uid == 1000 and (root / "a").stat().st_gid == 2000
+    run(copy_action(["README"], "/b", source_root=str(ctx), owner="app:staff"), root)
+    assert ((root / "b").stat().st_uid, (root / "b").stat().st_gid) == (1000, 50)
+    run(copy_action(["README"], "/c", source_root=str(ctx), owner="77"), root)
+    assert ((root / "c").stat().st_uid, (root / "c").stat().st_gid) == (77, 77)
+    with pytest.raises(UnknownUser, match="unable to find user ghost"):
+        run(copy_action(["README"], "/d", source_root=str(ctx), owner="ghost"), root)
+    with pytest.raises(UnknownUser, match="unable to find group nogroup"):
+        run(copy_action(["README"], "/d", source_root=str(ctx), owner="app:nogroup"), root)
+    # WORKDIR keeps BuildKit's fallback: an unknown user is root
+    run(mkdir_action("/w/app", owner="app"), root)
+    assert ((root / "w" / "app").stat().st_uid, (root / "w" / "app").stat().st_gid) == (1000, 2000)
+    run(mkdir_action("/w/ghost", owner="ghost", owner_missing="root"), root)
+    assert (root / "w" / "ghost").stat().st_uid == 0
+
+
+def test_remove_op_stays_in_the_root(root: Path, tmp_path: Path) -> None:
+    (root / "t" / "d").mkdir(parents=True)
+    (root / "t" / "d" / "f").write_text("x")
+    (tmp_path / "keep").write_text("host")
+    os.symlink(str(tmp_path), root / "t" / "host")     # never followed
+    os.symlink("/t", root / "via")
+    run(fileops.remove_action("/via/d"), root)           # parents resolve in the root
+    assert not (root / "t" / "d").exists()
+    run(fileops.remove_action("/t"), root)
+    assert not (root / "t").exists() and (tmp_path / "keep").read_text() == "host"
+    with pytest.raises(FileActionError, match="root itself"):
+        run(fileops.remove_action("/"), root)
+
+
+def test_chown_op(root: Path) -> None:
+    (root / "f").write_text("x")
+    os.symlink("/etc", root / "l")
+    run(fileops.chown_action("/f", (5, 6)), root)
+    run(fileops.chown_action("/l", (7, 8)), root)
+    assert ((root / "f").stat().st_uid, (root / "f").stat().st_gid) == (5, 6)
+    assert (root / "l").lstat().st_uid == 7 and (root / "etc").stat().st_uid == 0
+
+
+# -- sources from another root: globs, --parents, --exclude -----------------------------------------
+@pytest.fixture
+def other(tmp_path: Path) -> Path:
+    o = tmp_path / "other"
+    for rel in ("out/a.txt", "out/b.txt", "out/c.log", "out/sub/d.txt", "out/deep/er/e.txt", "out/[x].txt"):
+        (o / rel).parent.mkdir(parents=True, exist_ok=True)
+        (o / rel).write_text(rel)
+    os.symlink("sub", o / "out" / "link")
+    os.symlink("/out", o / "abs")                     # resolved inside the other root
+    return o
+
+
+def _tree(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def test_glob_sources_match_per_component(other: Path, root: Path) -> None:
+    def copy(src: str, dest: str) -> None:
+        run(copy_action([src], dest, source_root=str(other), glob=True, preserve_owner=True), root)
+
+    copy("out/*.txt", "/g1/")
+    assert _tree(root / "g1") == ["[x].txt", "a.txt", "b.txt"]
+    copy("out/*/d.txt", "/g2/")                       # 'link' is not walked into
+    assert _tree(root / "g2") == ["d.txt"]
+    copy("out/**/*.txt", "/g3/")                      # '**' is one component, as in Go
+    assert _tree(root / "g3") == ["d.txt"]
+    copy("abs/[ab].txt", "/g4/")                      # a symlinked prefix resolves in the root
+    assert _tree(root / "g4") == ["a.txt", "b.txt"]
+    copy("out/\\[x].txt", "/g5/")                     # escaped: a literal name
+    assert _tree(root / "g5") == ["[x].txt"]
+    copy("out/s?b", "/g6")                            # one directory: its contents
+    assert _tree(root / "g6") == ["d.txt"]
+    with pytest.raises(FileActionError, match=r"source '/out/\*\.bin' matched no files"):
+        copy("out/*.bin", "/g7/")
+    with pytest.raises(FileActionError, match="must be a directory"):
+        copy("out/*.txt", "/g8")
+    with pytest.raises(FileActionError, match="bad pattern"):
+        copy("out/[a", "/g9/")
+
+
+def test_glob_parents_and_exclude(other: Path, root: Path) -> None:
+    run(copy_action(["out/*/d.txt"], "/p1/", source_root=str(other), glob=True, parents=""), root)
+    assert _tree(root / "p1") == ["out", "out/sub", "out/sub/d.txt"]
+    run(copy_action(["out/*/d.txt"], "/p2/", source_root=str(other), glob=True, parents="out"), root)
+    assert _tree(root / "p2") == ["sub", "sub/d.txt"]
+    run(copy_action(["out/deep"], "/p3/", source_root=str(other), parents="out"), root)
+    assert _tree(root / "p3") == ["deep", "deep/er", "deep/er/e.txt"]
+    rules = [{"pattern": "*.log", "regex": r"^[^/]*\.log$", "exclusion": False},
+             {"pattern": "deep", "regex": r"^deep$", "exclusion": False},
+             {"pattern": "deep/er/e.txt", "regex": r"^deep/er/e\.txt$", "exclusion": True},
+             {"pattern": "sub", "regex": r"^sub$", "exclusion": False}]
+    run(copy_action(["out"], "/x/", source_root=str(other), exclude=rules), root)
+    assert _tree(root / "x") == ["[x].txt", "a.txt", "b.txt", "deep", "deep/er", "deep/er/e.txt", "link"]
+    run(copy_action(["out/*"], "/y/", source_root=str(other), glob=True, exclude=rules[:1]), root)
+    assert "c.log" not in os.listdir(root / "y") and "a.txt" in os.listdir(root / "y")

@@ -60,5 +60,7 @@ def test_escaping_source_is_refused(rootfs: Rootfs, tmp_path: Path) -> None:
 
 
 def test_bad_action_is_a_sandbox_error(rootfs: Rootfs) -> None:
-    with pytest.raises(SandboxError, match="file action failed"):
+    from runtime.fileops import FileActionError
+
+    with pytest.raises(FileActionError, match="unknown op 'frobnicate'"):
         sandbox.apply({"op": "frobnicate"}, root=rootfs.target, rootfs_mounts=rootfs.mounts)

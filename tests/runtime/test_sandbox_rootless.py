@@ -116,7 +116,8 @@ def _values(text: str) -> dict[str, str]:
 def test_rootless_probe(user: User) -> None:
     mounts, cgroups = _mounts(user.store), _cgroup_dirs()
     probe = PROBE + 'echo "uidmap=$(cat /proc/self/uid_map | tr -s " " | tr "\\n" ";")"\n' \
-                    'echo "rootfs=$(grep " / " /proc/mounts | cut -d" " -f3)"\n'
+                    'echo "rootfs=$(grep " / " /proc/mounts | cut -d" " -f3)"\n' \
+                    'echo "rootvolatile=$(grep " / " /proc/mounts | grep -c volatile)"\n'
     r = pybuild_as(user, "run", "--rm", "--network", "none", "--hostname", "probe-host",
                    "busybox", "sh", "-c", probe)
     assert r.returncode == 0, r.stderr
@@ -131,6 +132,7 @@ def test_rootless_probe(user: User) -> None:
     assert f" 0 {user.uid} 1;" in " " + v["uidmap"]
     assert f"{SUBID_START} {SUBID_COUNT}" in v["uidmap"]
     assert v["rootfs"] == "overlay"                      # overlayfs inside the user namespace
+    assert v["rootvolatile"] == "1"                      # a --rm layer: no sync at unmount
     assert _mounts(user.store) == mounts and _cgroup_dirs() == cgroups
     assert not list((user.store / "containers").glob("[0-9a-f]*"))   # --rm removed the record
 

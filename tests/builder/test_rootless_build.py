@@ -1,0 +1,168 @@
+"""Rootless builds (issue 6): an unprivileged user (made here with useradd and its own
+/etc/subuid + /etc/subgid range, removed afterwards) builds an image whose RUN chowns files,
+whose COPY --chown names a user of the image, and whose WORKDIR is created under USER. The
+layers must hold the ids the container saw (33, 1000), never the host's subordinate ids, and
+private files of other users must still get into the layer; the image then runs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from registry.image import resolve_image
+from registry.store import DirStore
+from tests.support.images import build_busybox, have_busybox
+
+REPO = Path(__file__).resolve().parents[2]
+SUBID_START, SUBID_COUNT = 460000, 65536
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_userns, pytest.mark.slow]
+
+DOCKERFILE = """\
+FROM busybox AS files
+RUN mkdir -p /d/sub && echo from-stage > /d/sub/f && chown -R 33:33 /d && chmod 700 /d/sub
+FROM busybox
+RUN mkdir -p /opt/app/private && echo built > /opt/app/out.txt && chown 33:33 /opt/app/out.txt \\
+ && echo secret > /opt/app/private/key && chmod 600 /opt/app/private/key && chmod 700 /opt/app/private \\
+ && chown -R 33:33 /opt/app/private \\
+ && echo 'app:x:1000:1001::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1001:' >> /etc/group
+COPY --chown=app conf.txt /etc/app/conf.txt
+RUN --mount=type=bind,from=files,source=/d,target=/mnt cat /mnt/sub/f > /from-bind.txt
+COPY --chown=www-data --chmod=go= conf.txt /srv/private.txt
+USER app
+WORKDIR /home/app/work
+USER root
+ENV SHOW="/from-bind.txt /opt/app/out.txt /etc/app/conf.txt /srv/private.txt /home/app/work"
+CMD ["sh", "-c", "cat /opt/app/out.txt /opt/app/private/key; stat -c '%u:%g %a %n' $SHOW"]
+"""
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    store: Path
+    work: Path
+    python: str
+
+
+def _others_can_run(path: str) -> bool:
+    real = Path(path).resolve()
+    return bool(real.stat().st_mode & 0o001) and all(p.stat().st_mode & 0o001 for p in real.parents)
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
+    for tool in ("useradd", "userdel", "usermod", "runuser", "newuidmap"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    if not have_busybox():
+        pytest.skip("busybox-static not installed")
+    python = sys.executable
+    if not _others_can_run(python):
+        minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        python = shutil.which(minor, path="/usr/bin:/usr/local/bin") or ""
+        if not python or not _others_can_run(python):
+            pytest.skip(f"no {minor} an unprivileged user can execute")
+    name = f"pbbd{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-K", "SUB_UID_COUNT=0",
+                    "-K", "SUB_GID_COUNT=0", name], check=True)
+    base = Path(tmp_path_factory.mktemp("rootless-build"))
+    try:
+        last = SUBID_START + SUBID_COUNT - 1
+        subprocess.run(["usermod", "--add-subuids", f"{SUBID_START}-{last}",
+                        "--add-subgids", f"{SUBID_START}-{last}", name], check=True)
+        import pwd
+
+        pw = pwd.getpwnam(name)
+        base.chmod(0o755)
+        for p in base.parents:
+            if str(p).startswith("/tmp/") and p.stat().st_mode & 0o005 != 0o005:
+                p.chmod(p.stat().st_mode | 0o005)
+        store = base / "store"
+        build_busybox(DirStore(store))
+        work = base / "work"
+        (work / "ctx").mkdir(parents=True)
+        (work / "ctx" / "Dockerfile").write_text(DOCKERFILE)
+        (work / "ctx" / "conf.txt").write_text("conf\n")
+        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(base)], check=True)
+        yield User(name, pw.pw_uid, store, work, python)
+    finally:
+        left = subprocess.run(["pgrep", "-u", name], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            try:
+                os.kill(int(pid), 9)
+            except OSError:
+                pass
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def as_user(u: User, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    import click
+
+    site = str(Path(click.__file__).resolve().parent.parent)
+    boot = (f"import sys, importlib.util; sys.path[:0] = [{str(REPO)!r}, {site!r}]; "
+            "from builder.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(u.work), "LANG": "C.UTF-8"}
+    argv = ["runuser", "-u", u.name, "--", u.python, "-c", boot, "--root", str(u.store), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=u.work, env=env,
+                          check=False)
+
+
+def _layer_members(store: DirStore, ref: str) -> dict[str, tarfile.TarInfo]:
+    """Every entry of the image's layers above the base (later layers win)."""
+    image = resolve_image(store, ref)
+    out: dict[str, tarfile.TarInfo] = {}
+    for desc in image.manifest.layers[1:]:
+        with store.open(desc.digest) as raw:
+            plain = gzip.decompress(raw.read())
+        with tarfile.open(fileobj=io.BytesIO(plain)) as tf:
+            for m in tf.getmembers():
+                out[m.name.rstrip("/")] = m
+    return out
+
+
+def test_rootless_build_keeps_container_ids_and_runs(user: User) -> None:
+    r = as_user(user, "build", "--progress", "plain", "-t", "rootless:1", "ctx")
+    assert r.returncode == 0, r.stderr
+    store = DirStore(user.store)
+    members = _layer_members(store, "docker.io/library/rootless:1")
+
+    def ids(name: str) -> tuple[int, int, int]:
+        m = members[name]
+        return m.uid, m.gid, m.mode & 0o7777
+
+    assert ids("opt/app/out.txt") == (33, 33, 0o644)           # chown 33:33 in RUN
+    assert ids("opt/app/private") == (33, 33, 0o700)           # private dirs of other users...
+    assert ids("opt/app/private/key") == (33, 33, 0o600)       # ...and files are in the layer
+    assert ids("etc/app/conf.txt")[:2] == (1000, 1001)         # COPY --chown=app: image's passwd
+    assert ids("srv/private.txt") == (33, 33, 0o600)           # --chmod=go= on 0644
+    assert ids("home/app/work")[:2] == (1000, 1001)            # WORKDIR under USER app
+    assert ids("opt")[:2] == (0, 0)                            # container root, not the host uid
+    assert not list((user.store / "tmp").iterdir())          # scratch trees of other ids removed
+    every = {(m.uid, m.gid) for m in members.values()}
+    assert all(u < SUBID_START and g < SUBID_START and u != user.uid for u, g in every), every
+    run = as_user(user, "run", "--rm", "--network", "none", "rootless:1")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "built", "secret", "0:0 644 /from-bind.txt", "33:33 644 /opt/app/out.txt",
+        "1000:1001 644 /etc/app/conf.txt", "33:33 600 /srv/private.txt", "1000:1001 755 /home/app/work"]
+    # a rebuild is fully cached; the build record says so
+    again = as_user(user, "build", "--progress", "plain", "-t", "rootless:1", "ctx")
+    assert again.returncode == 0, again.stderr
+    records = sorted((user.store / "builds").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    last = json.loads(records[-1].read_text())
+    assert {s["status"] for s in last["steps"]} <= {"CACHED", "META"}
