@@ -132,6 +132,24 @@ def rootless_mapping(*, subuid: Path = Path("/etc/subuid"), subgid: Path = Path(
     return IdMapping(tuple(uids), tuple(gids))
 
 
+def single_map_reason(*, subuid: Path = Path("/etc/subuid"), subgid: Path = Path("/etc/subgid")) -> str:
+    """Why rootless_mapping() is a single-id map here (for warnings about dropped owners)."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    if not helpers_available():
+        return "newuidmap/newgidmap are not installed (apt-get install uidmap)"
+    missing = [str(p) for p in (subuid, subgid) if not subid_ranges(name, uid, p)]
+    if missing:
+        return (f"user {name} has no subordinate id range in {' and '.join(missing)} "
+                f"(e.g. usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name})")
+    return "the user namespace maps a single id"
+
+
 def write_maps(pid: int, mapping: IdMapping) -> None:
     """Write ``mapping`` for the user namespace of ``pid``. Root writes /proc/PID/{uid,gid}_map;
     a user writes a single-id map itself and anything larger through newuidmap/newgidmap."""

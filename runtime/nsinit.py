@@ -33,8 +33,9 @@ never interleave),
     {"type": "exit", "status": W} ──────────────────────────────────►  exit code, OOM, cleanup
 
 Modes: "run" (above), "apply" (run runtime.fileops.execute on a mounted rootfs in a private
-mount [+user] namespace, no pivot), "runtime" (mount the rootfs privately, then exec runc/crun
-on the bundle). Imports: stdlib + runtime._syscalls only at module scope, and not json or
+mount [+user] namespace, no pivot; op "unpack-chain": runtime.rootfs.unpack_in_userns, the
+rootless layer unpack), "runtime" (mount the rootfs privately, then exec runc/crun on the
+bundle). Imports: stdlib + runtime._syscalls only at module scope, and not json or
 typing either: every container start waits for this interpreter (the parent may spawn it
 early, ``sandbox.spawn_child``, and it then sits on the ctl pipe until the config arrives).
 """
@@ -1091,15 +1092,21 @@ def apply_mode(cfg: dict[str, Any], fds: dict[str, int]) -> None:
             stage = f"mount {target}"
             mount_rootfs(mounts, target)
         stage = "action"
-        from pathlib import Path
-
-        from runtime import fileops
-
         action = cfg["action"]
-        if action.get("op") == "batch":
-            result: Any = fileops.run_actions(list(action.get("actions") or ()), Path(root))
+        if action.get("op") == "unpack-chain":
+            # rootless unpack of image layers as root of the user namespace (runtime.rootfs)
+            from runtime import rootfs
+
+            result: Any = rootfs.unpack_in_userns(action)
         else:
-            result = fileops.execute(action, Path(root))
+            from pathlib import Path
+
+            from runtime import fileops
+
+            if action.get("op") == "batch":
+                result = fileops.run_actions(list(action.get("actions") or ()), Path(root))
+            else:
+                result = fileops.execute(action, Path(root))
         import json
 
         body = json.dumps({"type": "result", "value": result}, default=str).encode()

@@ -1,7 +1,8 @@
 """Image → snapshot chain → container rootfs (DESIGN §2.4): each layer is unpacked once, ever,
 into a committed snapshot named by its ChainID (a per-ChainID lock serialises concurrent
-callers). Unpacking verifies the blob digest and the diff_id while streaming; on a mismatch
-the partial snapshot is removed first. Imports: registry (store, model, compression), runtime.
+callers), verifying blob digest and diff_id while streaming (a mismatch removes the partial
+snapshot). Rootless with a subordinate id range, the unpack runs in a user namespace with the
+containers' id map, so owners are kept. Imports: registry (store, model, compression), runtime.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import contextlib
 import hashlib
 import os
 import time
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
 from registry.digest import Digest
 from registry.model import Descriptor, ImageConfig, Manifest, chain_ids
-from runtime.errors import LayerError
+from runtime.errors import LayerError, SandboxError
 
 if TYPE_CHECKING:
     from registry.store import DirStore
+    from runtime.idmap import IdMapping
     from runtime.snapshots import Mount, Snapshotter
     from runtime.unpack import UnpackStats
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 # unpacked: `pybuild run` of an image already unpacked never needs them (start-up time).
 
 EXTRACT_LABEL = "pybuild.extract"
+USERNS_OP = "unpack-chain"       # the nsinit apply-mode op that runs unpack_in_userns
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,32 @@ class ChainResult:
     reused: tuple[str, ...]
     seconds: float
     stats: tuple[UnpackStats, ...] = ()
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What the unpack loop did (in this process or in the user-namespace child)."""
+
+    top: str | None = None
+    unpacked: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    stats: list[UnpackStats] = field(default_factory=list)
+    layers: list[tuple[str, float]] = field(default_factory=list)   # (blob digest, seconds)
+
+    def to_doc(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"top": self.top, "unpacked": self.unpacked, "reused": self.reused,
+                "stats": [asdict(s) for s in self.stats], "layers": [list(x) for x in self.layers]}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> _Progress:
+        from runtime.unpack import UnpackStats
+
+        stats = [UnpackStats(**{**s, "warnings": tuple(s.get("warnings") or ())})
+                 for s in doc.get("stats") or ()]
+        return cls(doc.get("top"), list(doc.get("unpacked") or ()), list(doc.get("reused") or ()),
+                   stats, [(str(d), float(t)) for d, t in doc.get("layers") or ()])
 
 
 class _Hashing:
@@ -95,6 +125,13 @@ def ensure_chain_report(store: DirStore, snapshotter: Snapshotter, manifest: Man
 
     Idempotent; layers already present are reused without reading their blobs. Holds the
     store lock shared (gc waits) and a per-ChainID lock while unpacking.
+
+    As an unprivileged user with a subordinate id range (the overlay snapshotter), the layers
+    are unpacked by a sandbox child inside a user namespace with ``idmap.rootless_mapping()``
+    (the map containers and build steps use): a layer's 33:33 is then 33:33 in every
+    container, setuid/setgid bits and user xattrs are kept, and the blob is still verified
+    while it streams. With a single-id map, owners other than root cannot exist: they are
+    dropped (files show as root), with one warning per layer.
     """
     started = time.perf_counter()
     config = config or image_config(store, manifest)
@@ -102,47 +139,212 @@ def ensure_chain_report(store: DirStore, snapshotter: Snapshotter, manifest: Man
         raise LayerError(str(manifest.config.digest), "",
                          f"image has {len(manifest.layers)} layers but {len(config.diff_ids)} diff_ids")
     chain = [str(c) for c in chain_ids(config.diff_ids)]
-    unpacked: list[str] = []
-    reused: list[str] = []
-    stats: list[UnpackStats] = []
-    parent: str | None = None
     with store.lock(shared=True):
         if chain and snapshotter.exists(chain[-1]):
             # the common case (every run after the first): the top ChainID names the whole
             # stack, and a committed snapshot cannot lose its ancestors (remove refuses a
             # parent), so one lookup replaces one metadata read per layer
             return ChainResult(chain[-1], tuple(chain), (), tuple(chain), time.perf_counter() - started)
-        for desc, diff_id, key in zip(manifest.layers, config.diff_ids, chain, strict=True):
-            if snapshotter.exists(key):
-                reused.append(key)
+        mapping, dropped = _rootless_plan(snapshotter, rootless)
+        if mapping is not None:
+            done = _unpack_in_userns(store, snapshotter, manifest.layers, config.diff_ids, mapping)
+        else:
+            done = _unpack_chain(store, snapshotter, manifest.layers, config.diff_ids,
+                                 rootless=rootless, dropped_why=dropped)
+    return ChainResult(done.top, tuple(chain), tuple(done.unpacked), tuple(done.reused),
+                       time.perf_counter() - started, tuple(done.stats))
+
+
+def _unpack_chain(store: DirStore, snapshotter: Snapshotter, layers: Sequence[Descriptor],
+                  diff_ids: Sequence[Digest], *, rootless: bool | None,
+                  dropped_why: str) -> _Progress:
+    """Unpack every layer whose ChainID snapshot is missing (the caller holds the store lock).
+    ``dropped_why``: why an owner may not be kept here (for the once-per-layer warning)."""
+    done = _Progress()
+    parent: str | None = None
+    for desc, diff_id, chain_id in zip(layers, diff_ids, chain_ids(list(diff_ids)), strict=True):
+        key = str(chain_id)
+        if snapshotter.exists(key):
+            done.reused.append(key)
+            parent = key
+            continue
+        with snapshotter.key_lock(key):
+            if snapshotter.exists(key):          # another caller finished it meanwhile
+                done.reused.append(key)
                 parent = key
                 continue
-            with snapshotter.key_lock(key):
-                if snapshotter.exists(key):          # another caller finished it meanwhile
-                    reused.append(key)
-                    parent = key
-                    continue
-                _remove_stale_extracts(snapshotter, key)
-                tmp = f"extract-{os.urandom(6).hex()}-{key[7:19]}"
-                snapshotter.prepare(tmp, parent, labels={EXTRACT_LABEL: key})
-                try:
-                    t0 = time.perf_counter()
-                    st = unpack_layer(store, snapshotter, tmp, desc, diff_id, rootless=rootless)
-                    snapshotter.commit(key, tmp)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        snapshotter.remove(tmp)
-                    raise
-                import logging
+            _remove_stale_extracts(snapshotter, key)
+            tmp = f"extract-{os.urandom(6).hex()}-{key[7:19]}"
+            snapshotter.prepare(tmp, parent, labels={EXTRACT_LABEL: key})
+            try:
+                t0 = time.perf_counter()
+                st = unpack_layer(store, snapshotter, tmp, desc, diff_id, rootless=rootless)
+                snapshotter.commit(key, tmp)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    snapshotter.remove(tmp)
+                raise
+            seconds = time.perf_counter() - t0
+            if st.owners_dropped:
+                st = _owner_warning(st, str(desc.digest), dropped_why)
+            _log().info("unpacked layer %s (%d entries, %d bytes) in %.2fs", desc.digest, st.entries,
+                        st.bytes, seconds)
+            done.stats.append(st)
+            done.unpacked.append(key)
+            done.layers.append((str(desc.digest), seconds))
+            parent = key
+    done.top = parent
+    return done
 
-                logging.getLogger("pybuild." + __name__).info(
-                    "unpacked layer %s (%d entries, %d bytes) in %.2fs", desc.digest, st.entries,
-                    st.bytes, time.perf_counter() - t0)
-                stats.append(st)
-                unpacked.append(key)
-                parent = key
-    return ChainResult(parent, tuple(chain), tuple(unpacked), tuple(reused),
-                       time.perf_counter() - started, tuple(stats))
+
+def _log() -> Any:
+    import logging
+
+    return logging.getLogger("pybuild." + __name__)
+
+
+def _owner_warning(st: UnpackStats, layer: str, why: str) -> UnpackStats:
+    """Say once per layer that owners were dropped (podman's ignore_chown_errors warning)."""
+    from dataclasses import replace
+
+    text = (f"{st.owners_dropped} file owner(s) could not be kept, the files belong to the "
+            f"container's root instead: {why or 'chown was refused'}")
+    _log().warning("layer %s: %s", layer, text)
+    return replace(st, warnings=(*st.warnings, text))
+
+
+def _rootless_plan(snapshotter: Snapshotter, rootless: bool | None) -> tuple[IdMapping | None, str]:
+    """(the user-namespace map to unpack with, or None to unpack in this process; why owners
+    may be dropped then). None as root (nothing changes), with a single-id map (only root
+    exists in the namespace: podman's ignore_chown_errors) and for the copy snapshotter (it
+    copies parents on the host side, where files of other ids would be unreadable)."""
+    if os.geteuid() == 0 or rootless is False:
+        return None, ""
+    if getattr(snapshotter, "driver", "") != "overlay":
+        return None, "the copy snapshotter unpacks layers as this user, outside a user namespace"
+    from runtime import idmap
+
+    mapping = idmap.rootless_mapping()
+    if mapping.single:
+        return None, idmap.single_map_reason()
+    return mapping, ""
+
+
+# -- rootless: the unpack inside the user namespace -----------------------------------------------
+def _unpack_in_userns(store: DirStore, snapshotter: Snapshotter, layers: Sequence[Descriptor],
+                      diff_ids: Sequence[Digest], mapping: IdMapping) -> _Progress:
+    """Run the unpack loop in a sandbox child (runtime.sandbox.apply, nsinit apply mode) as
+    root of a user namespace mapped with ``mapping``: there chown to any mapped id works and
+    the host files get the subordinate ids every container of this user sees. The child
+    opens the blobs from the store itself (no copy); errors come back with their own type."""
+    from runtime import sandbox
+
+    top = mapping.uids[-1]
+    action = {"op": USERNS_OP, "store": os.fspath(store.root), "snapshots": os.fspath(snapshotter.root),
+              "xattr_ns": getattr(snapshotter, "xattr_ns", "user"),
+              "layers": [d.to_dict() for d in layers], "diff_ids": [str(d) for d in diff_ids],
+              "sys_path": _codec_paths(),
+              "id_limit": top.container_id + top.size}
+    out = sandbox.apply(action, root=os.fspath(snapshotter.root), idmap=mapping)
+    if not isinstance(out, dict):
+        raise SandboxError(f"unpacking layers: unexpected reply from the child: {out!r}"[:300])
+    if "error" in out:
+        raise _rebuild_error(out["error"])
+    done = _Progress.from_doc(out)
+    log = _log()
+    for (digest, seconds), st in zip(done.layers, done.stats, strict=True):
+        for text in st.warnings:     # the child's log is silent: its warnings are said here
+            log.warning("layer %s: %s", digest, text)
+        log.info("unpacked layer %s (%d entries, %d bytes) in %.2fs (user namespace)", digest,
+                 st.entries, st.bytes, seconds)
+    return done
+
+
+def _codec_paths() -> list[str]:
+    """Where this interpreter finds isal and zstandard: the sandbox child runs ``python -I -S``
+    (no site-packages), and without them it would gunzip with zlib and fail on zstd."""
+    import sys
+
+    out: list[str] = []
+    for name in ("isal", "zstandard"):
+        mod = sys.modules.get(name)
+        origin = getattr(mod, "__file__", None) if mod is not None else None
+        if origin is None:
+            import importlib.util
+
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                spec = None
+            origin = spec.origin if spec is not None else None
+        if origin:
+            from pathlib import Path
+
+            site = str(Path(origin).parent.parent)
+            if site not in out:
+                out.append(site)
+    return out
+
+
+def unpack_in_userns(action: Mapping[str, Any]) -> dict[str, Any]:
+    """The child side of the rootless unpack (called by runtime.nsinit in apply mode, as root
+    of the user namespace; the parent holds the store lock). Returns _Progress as JSON, or
+    {"error": ...}: the parent re-raises pybuild's errors with their own type."""
+    import logging
+    import sys
+
+    from registry.errors import RegistryError
+
+    for path in action.get("sys_path") or ():
+        if path not in sys.path:
+            sys.path.append(str(path))     # after the stdlib and pybuild's own root
+    quiet = logging.getLogger("pybuild")
+    quiet.addHandler(logging.NullHandler())   # the parent logs the warnings from the stats
+    quiet.propagate = False
+
+    from registry.store import DirStore
+    from runtime.snapshots import OverlaySnapshotter
+
+    try:
+        store = DirStore(str(action["store"]), create=False)
+        sn = OverlaySnapshotter(str(action["snapshots"]), xattr_ns=action.get("xattr_ns") or "user")
+        layers = [Descriptor.from_dict(d) for d in action["layers"]]
+        diff_ids = [Digest.parse(str(d)) for d in action["diff_ids"]]
+        limit = int(action.get("id_limit") or 0)
+        why = (f"their ids are outside this user's id map (0-{limit - 1}, /etc/subuid)" if limit
+               else "their ids are outside this user's id map (/etc/subuid)")
+        done = _unpack_chain(store, sn, layers, diff_ids, rootless=True, dropped_why=why)
+    except Exception as exc:  # noqa: BLE001 - every error travels back to the parent
+        return {"error": {"module": type(exc).__module__, "name": type(exc).__qualname__,
+                          "message": str(exc) if isinstance(exc, RegistryError | SandboxError)
+                          else f"{type(exc).__name__}: {exc}",
+                          "fields": {k: v for k, v in vars(exc).items()
+                                     if v is None or isinstance(v, str | int | float)}}}
+    return done.to_doc()
+
+
+def _rebuild_error(doc: Mapping[str, Any]) -> Exception:
+    """The child's RegistryError/SandboxError as the same class (its __init__ not re-run:
+    message and fields are restored as they were), else a SandboxError with the message."""
+    import importlib
+
+    from registry.errors import RegistryError
+
+    module, name, message = str(doc.get("module")), str(doc.get("name")), str(doc.get("message"))
+    cls: Any = None
+    if module.startswith(("registry.", "runtime.")) and "." not in name:
+        with contextlib.suppress(ImportError):
+            cls = getattr(importlib.import_module(module), name, None)
+    if isinstance(cls, type) and issubclass(cls, RegistryError | SandboxError):
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+        fields = doc.get("fields")
+        if isinstance(fields, Mapping):
+            for k, v in fields.items():
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(exc, str(k), v)
+        return exc
+    return SandboxError(f"unpacking layers in the user namespace: {message}")
 
 
 def _remove_stale_extracts(snapshotter: Snapshotter, key: str) -> None:

@@ -166,3 +166,67 @@ def test_rootless_build_keeps_container_ids_and_runs(user: User) -> None:
     records = sorted((user.store / "builds").glob("*.json"), key=lambda p: p.stat().st_mtime)
     last = json.loads(records[-1].read_text())
     assert {s["status"] for s in last["steps"]} <= {"CACHED", "META"}
+
+
+def _context(u: User, name: str, dockerfile: str) -> Path:
+    ctx = u.work / name
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    (ctx / "conf.txt").write_text("conf\n")
+    subprocess.run(["chown", "-R", f"{u.uid}:{u.uid}", str(ctx)], check=True)
+    return ctx
+
+
+LINK_DOCKERFILE = """\
+FROM busybox
+COPY --link --chown=1000:1000 --chmod=640 conf.txt /linked/conf.txt
+RUN stat -c '%u:%g %a' /linked/conf.txt > /linked.owner
+CMD ["cat", "/linked.owner"]
+"""
+
+
+def test_rootless_copy_link_owner_is_seen_by_the_next_run(user: User) -> None:
+    """COPY --link builds its layer apart; the next RUN's rootfs unpacks that blob (inside the
+    user namespace, runtime.rootfs), so the RUN sees the --chown owner, not root."""
+    _context(user, "linkctx", LINK_DOCKERFILE)
+    r = as_user(user, "build", "--progress", "plain", "-t", "rootless-link:1", "linkctx")
+    assert r.returncode == 0, r.stderr
+    run = as_user(user, "run", "--rm", "--network", "none", "rootless-link:1")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["1000:1000 640"]
+
+
+CACHE_DOCKERFILE = """\
+FROM busybox
+RUN mkdir -p /d && echo x > /d/f && chown -R 33:33 /d && chmod 2770 /d
+ARG N
+RUN echo "$N" > /n && stat -c '%u:%g %a' /d /d/f > /owners
+CMD ["sh", "-c", "cat /n /owners"]
+"""
+
+
+@pytest.mark.needs_registry
+def test_rootless_cache_from_in_a_fresh_store_keeps_owners(user: User, registry_url: str,
+                                                           tmp_path: Path) -> None:
+    """A step CACHED from --cache-from in an empty store: its layer blob is fetched and unpacked
+    under the next RUN, which must see the owners the first build gave (33:33, setgid)."""
+    _context(user, "cachectx", CACHE_DOCKERFILE)
+    cache = f"{registry_url}/rootless/cache:{secrets.token_hex(3)}"
+    first = as_user(user, "build", "--progress", "plain", "--build-arg", "N=1",
+                    "--cache-to", f"type=registry,ref={cache}", "cachectx")
+    assert first.returncode == 0, first.stderr
+    fresh = user.work.parent / "fresh-store"
+    build_busybox(DirStore(fresh))
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.uid}", str(fresh)], check=True)
+    second = as_user(User(user.name, user.uid, fresh, user.work, user.python), "build", "--progress",
+                     "plain", "--build-arg", "N=2", "--cache-from", f"type=registry,ref={cache}",
+                     "-t", "rootless-cache:2", "cachectx")
+    assert second.returncode == 0, second.stderr
+    last = json.loads(sorted((fresh / "builds").glob("*.json"), key=lambda p: p.stat().st_mtime)[-1]
+                      .read_text())
+    runs = [s["status"] for s in last["steps"] if str(s.get("instruction", "")).startswith("RUN")]
+    assert runs == ["CACHED", "RAN"], last["steps"]
+    run = as_user(User(user.name, user.uid, fresh, user.work, user.python), "run", "--rm",
+                  "--network", "none", "rootless-cache:2")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["2", "33:33 2770", "33:33 644"]     # /d, /d/f
