@@ -1092,6 +1092,10 @@ def apply_mode(cfg: dict[str, Any], fds: dict[str, int]) -> None:
             stage = f"mount {target}"
             mount_rootfs(mounts, target)
         stage = "action"
+        for path in cfg.get("sys_path") or ():
+            # the parent's codec modules (isal, zstandard): `python -I -S` has no site-packages
+            if path not in sys.path:
+                sys.path.append(str(path))          # after the stdlib and pybuild's own root
         action = cfg["action"]
         if action.get("op") == "unpack-chain":
             # rootless unpack of image layers as root of the user namespace (runtime.rootfs)

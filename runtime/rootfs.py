@@ -243,7 +243,6 @@ def _unpack_in_userns(store: DirStore, snapshotter: Snapshotter, layers: Sequenc
     action = {"op": USERNS_OP, "store": os.fspath(store.root), "snapshots": os.fspath(snapshotter.root),
               "xattr_ns": getattr(snapshotter, "xattr_ns", "user"),
               "layers": [d.to_dict() for d in layers], "diff_ids": [str(d) for d in diff_ids],
-              "sys_path": _codec_paths(),
               "id_limit": top.container_id + top.size}
     out = sandbox.apply(action, root=os.fspath(snapshotter.root), idmap=mapping)
     if not isinstance(out, dict):
@@ -260,44 +259,14 @@ def _unpack_in_userns(store: DirStore, snapshotter: Snapshotter, layers: Sequenc
     return done
 
 
-def _codec_paths() -> list[str]:
-    """Where this interpreter finds isal and zstandard: the sandbox child runs ``python -I -S``
-    (no site-packages), and without them it would gunzip with zlib and fail on zstd."""
-    import sys
-
-    out: list[str] = []
-    for name in ("isal", "zstandard"):
-        mod = sys.modules.get(name)
-        origin = getattr(mod, "__file__", None) if mod is not None else None
-        if origin is None:
-            import importlib.util
-
-            try:
-                spec = importlib.util.find_spec(name)
-            except (ImportError, ValueError):
-                spec = None
-            origin = spec.origin if spec is not None else None
-        if origin:
-            from pathlib import Path
-
-            site = str(Path(origin).parent.parent)
-            if site not in out:
-                out.append(site)
-    return out
-
-
 def unpack_in_userns(action: Mapping[str, Any]) -> dict[str, Any]:
     """The child side of the rootless unpack (called by runtime.nsinit in apply mode, as root
     of the user namespace; the parent holds the store lock). Returns _Progress as JSON, or
     {"error": ...}: the parent re-raises pybuild's errors with their own type."""
     import logging
-    import sys
 
     from registry.errors import RegistryError
 
-    for path in action.get("sys_path") or ():
-        if path not in sys.path:
-            sys.path.append(str(path))     # after the stdlib and pybuild's own root
     quiet = logging.getLogger("pybuild")
     quiet.addHandler(logging.NullHandler())   # the parent logs the warnings from the stats
     quiet.propagate = False

@@ -732,6 +732,33 @@ _ERROR_KINDS = {"UnsafePath": ("runtime.errors", ("entry", "why")),
                 "FileActionError": ("runtime.fileops", ())}
 
 
+def codec_search_paths() -> list[str]:
+    """Where this interpreter finds isal and zstandard. File-action children run ``python -I -S``
+    (no site-packages); without these they would gzip with zlib (other bytes, slower) and fail
+    on zstd: the rootless unpack and the rootless layer commit both run there."""
+    import sys
+
+    out: list[str] = []
+    for name in ("isal", "zstandard"):
+        mod = sys.modules.get(name)
+        origin = getattr(mod, "__file__", None) if mod is not None else None
+        if origin is None:
+            import importlib.util
+
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                spec = None
+            origin = spec.origin if spec is not None else None
+        if origin:
+            from pathlib import Path
+
+            site = str(Path(origin).parent.parent)
+            if site not in out:
+                out.append(site)
+    return out
+
+
 def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mounts: Sequence[Any] = (),
           idmap: IdMapping | None = None, python: str | None = None,
           extra_mounts: Sequence[tuple[str | os.PathLike[str], Sequence[Any]]] = ()) -> Any:
@@ -764,7 +791,8 @@ def apply(action: Mapping[str, Any], *, root: str | os.PathLike[str], rootfs_mou
                             "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
                             "extra_mounts": [[os.fspath(t), [_mount_dict(m) for m in ms]]
                                              for t, ms in extra_mounts],
-                            "userns": idmap is not None, "result_file": str(result_file)})
+                            "userns": idmap is not None, "result_file": str(result_file),
+                            "sys_path": codec_search_paths()})
         first = lines.read()
         if first is None or first.get("type") != "pid":
             popen.wait()

@@ -8,12 +8,16 @@ each command imports its library code inside its function.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from registry.store import DirStore
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Globals:
         return self._store
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """``pass_globals`` (click.make_pass_decorator(Globals)) is made on first use (PEP 562)."""
     if name == "pass_globals":
         import click
@@ -51,14 +55,16 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    pass_globals: Any      # click.make_pass_decorator(Globals, ensure=True)
+
+    def pass_globals(f: Callable[Concatenate[Globals, P], R]) -> Callable[P, R]:
+        """click.make_pass_decorator(Globals, ensure=True): the command gets ``Globals`` first."""
 
 
-def returns_code(fn: Any) -> Any:
+def returns_code(fn: Callable[P, int | None]) -> Callable[P, int]:
     """Commands return an int exit code; click's standalone_mode=False hands it to main()."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> int:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
         return int(fn(*args, **kwargs) or 0)
 
     return wrapper

@@ -64,3 +64,30 @@ def test_bad_action_is_a_sandbox_error(rootfs: Rootfs) -> None:
 
     with pytest.raises(FileActionError, match="unknown op 'frobnicate'"):
         sandbox.apply({"op": "frobnicate"}, root=rootfs.target, rootfs_mounts=rootfs.mounts)
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_overlay
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_layer_action_in_a_child_writes_the_same_blob(tmp_path: Path, codec: str) -> None:
+    """The file-action child (`python -I -S`) finds the same codecs as the parent: a layer
+    committed there (the rootless build path) has the digest an in-process commit gives."""
+    from registry.store import DirStore
+    from runtime.diff import write_diff
+    from runtime.fileops import layer_action
+    from runtime.snapshots import OverlaySnapshotter
+
+    store = DirStore(tmp_path / "store")
+    sn = OverlaySnapshotter(store.subdir("snapshots"))
+    sn.prepare("active", None)
+    upper = sn.upper_dir("active")
+    (upper / "etc").mkdir()
+    (upper / "etc" / "data").write_bytes(b"layer bytes " * 50_000)
+    (upper / "etc" / "data").chmod(0o640)
+    here = write_diff(store, sn, "active", codec=codec, clamp_mtime=1700000000)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = sandbox.apply(layer_action(str(store.root), str(sn.root), sn.driver, "active", codec=codec,
+                                     clamp_mtime=1700000000), root=str(empty))
+    assert out["descriptor"]["digest"] == str(here.descriptor.digest)
+    assert out["diff_id"] == str(here.diff_id)
