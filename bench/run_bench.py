@@ -81,6 +81,7 @@ def main() -> int:
             compileall.compile_dir(str(REPO / pkg), quiet=1)
     work = Path(tempfile.mkdtemp(prefix="pybuild-runbench-"))
     results = []
+    load_start = os.getloadavg()[0]
     try:
         store, podman = setup(work)
         cases = {"none": ["--network", "none"], "default": []}
@@ -98,10 +99,11 @@ def main() -> int:
             row = {"case": f"run --rm {' '.join(net) + ' ' if net else ''}busybox true",
                    "pybuild": [min(tm), statistics.median(tm), max(tm)],
                    "podman": [min(tp), statistics.median(tp), max(tp)],
-                   "ratio": statistics.median(tm) / statistics.median(tp), "runs": a.n}
+                   "ratio": statistics.median(tm) / statistics.median(tp), "runs": a.n,
+                   "load": os.getloadavg()[0]}
             results.append(row)
         print(f"container start, wall seconds: median (min-max), {a.n} interleaved runs after "
-              f"{a.warmup} warm-up; load {os.getloadavg()[0]:.2f}")
+              f"{a.warmup} warm-up; load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
         print(f"{'case':42s} {'pybuild':>24s} {'podman':>24s} {'ratio':>6s}")
         for r in results:
             p, q = r["pybuild"], r["podman"]
@@ -110,6 +112,11 @@ def main() -> int:
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1))
     finally:
+        if (work / "pybuild-store" / "networks").is_dir():
+            from runtime.network import NetworkStore
+
+            # the last bridge run's network teardown runs on in the background: let it finish
+            NetworkStore(work / "pybuild-store" / "networks").settle()
         if not a.keep:
             subprocess.run([*podman, "rm", "-af"], capture_output=True, check=False) \
                 if "podman" in locals() else None

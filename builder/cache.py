@@ -3,7 +3,7 @@
 On disk (DESIGN §2.6): ``cache/keys/<hex>.json`` (the result) and ``cache/explain/<hex>.json``
 (the key document, with the per-file detail, so a later miss can be explained). Writes are
 atomic; a record whose layer blob is gone from the store is treated as a miss. The layer blobs
-a record names are gc roots (``referenced_blobs``). Imports registry only.
+a record names are kept by gc through a ``buildcache`` root (builder.engine). Imports registry only.
 """
 
 from __future__ import annotations
@@ -103,10 +103,6 @@ class BuildCache:
                 yield StepResult.from_dict(json.loads(Path(entry.path).read_bytes()))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-
-    def referenced_blobs(self) -> set[Digest]:
-        """Every layer blob a cache record needs (gc must keep these)."""
-        return {r.layer.digest for r in self.results() if r.layer is not None}
 
     def forget(self, keys: set[Digest]) -> int:
         count = 0

@@ -3,10 +3,9 @@ error presenter and docker's exit codes.
 
 Only the stdlib-only error bases are imported at module scope, so ``--help`` stays light
 (DESIGN C9; tests/cli/test_import_weight.py); click is imported when the group is first
-needed (``_cli()``), which an ordinary ``pybuild run`` never does: its command line is read by
-builder.commands.run.fast_parse from the same option table (click takes over for anything
-else). ``pybuild -t app:1.0 .`` (a first argument that is an option or a path) falls through
-to ``build``.
+needed, which an ordinary ``run``, ``push`` or ``pull`` never does (``_FAST``: their option
+tables are read without click; click takes over for anything else). ``pybuild -t app:1.0 .``
+(a first argument that is an option or a path) falls through to ``build``.
 """
 
 from __future__ import annotations
@@ -16,12 +15,15 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from builder.commands import Globals
 from builder.errors import BuildError
 from registry.errors import RegistryError
 from runtime.errors import SandboxError
+
+if TYPE_CHECKING:
+    from grammar.errors import ParseError  # imported for real only by what parses
 
 # (+ grammar's ParseError: see _parse_error; `pybuild run` never imports grammar)
 _EXPECTED: tuple[type[Exception], ...] = (BuildError, RegistryError, SandboxError)
@@ -65,6 +67,14 @@ _VERBS: dict[str, str] = {
     "container": "builder.commands.containers:container",
     "volume": "builder.commands.volumes:volume",
     "network": "builder.commands.networks:network",
+}
+
+# verb -> "module:function" reading an ordinary command line without click (the verb's
+# option table, builder.commands._optable); it returns None when click must read it.
+_FAST: dict[str, str] = {
+    "run": "builder.commands.run:run_fast",
+    "push": "builder.commands.transfer:push_fast",
+    "pull": "builder.commands.transfer:pull_fast",
 }
 
 VERSION = "0.1.0"
@@ -175,20 +185,20 @@ def _err(line: str) -> None:
     sys.stderr.flush()
 
 
-def _parse_error() -> type[Exception] | None:
+def _parse_error() -> type[ParseError] | None:
     """grammar's ParseError, if grammar was imported at all (nothing else can raise one)."""
     mod = sys.modules.get("grammar.errors")
     return getattr(mod, "ParseError", None) if mod is not None else None
 
 
-def _expected(exc: BaseException) -> bool:
+def _expected(exc: BaseException) -> TypeGuard[BuildError | RegistryError | SandboxError | ParseError]:
     perr = _parse_error()
     return isinstance(exc, _EXPECTED) or (perr is not None and isinstance(exc, perr))
 
 
 def _present(exc: BaseException) -> None:
     perr = _parse_error()
-    text = exc.render() if perr is not None and isinstance(exc, perr) else str(exc)  # type: ignore[attr-defined]
+    text = exc.render() if perr is not None and isinstance(exc, perr) else str(exc)
     _err(f"error: {text}")
     hint = getattr(exc, "hint", None)
     if hint:
@@ -243,12 +253,12 @@ def _exit_now(code: int) -> None:
 def _main(args: list[str]) -> int:
     debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
     try:
-        if _verb(args) == "run":
-            from builder.commands.run import run_fast
-
-            code = run_fast(args)          # None: click must read this command line
-            if code is not None:
-                return code
+        fast = _FAST.get(_verb(args) or "")
+        if fast is not None:
+            module, attr = fast.split(":")
+            code = getattr(importlib.import_module(module), attr)(args)
+            if code is not None:           # None: click must read this command line
+                return int(code)
         return _click_main(args)
     except KeyboardInterrupt:
         _err("aborted")
@@ -262,7 +272,7 @@ def _main(args: list[str]) -> int:
             raise
         if _expected(exc):
             _present(exc)
-            return int(exc.exit_code)  # type: ignore[attr-defined]
+            return int(exc.exit_code)
         _err(f"error: internal error ({type(exc).__name__}: {exc})")
         _err("hint: this is a pybuild bug; re-run with --debug for the traceback and report it")
         return UNKNOWN_ERROR

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import ContextError
+from registry import gomatch
 
 _BOM = "\ufeff"
 _REGEX_SPECIAL = set(".+()|{}$")
@@ -42,64 +43,6 @@ def go_clean(path: str) -> str:
     return cleaned or "."
 
 
-def _check_syntax(pattern: str) -> None:
-    """Reject what Go's filepath.Match calls ErrBadPattern (unclosed or empty classes, a bad
-    range, a trailing backslash)."""
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            if i + 1 >= n:
-                raise ValueError("trailing backslash")
-            i += 2
-            continue
-        if ch == "[":
-            i += 1
-            if i < n and pattern[i] == "^":
-                i += 1
-            count = 0
-            while True:
-                if i < n and pattern[i] == "]" and count > 0:
-                    i += 1
-                    break
-                lo, i = _class_char(pattern, i)
-                hi = lo
-                if i < n and pattern[i] == "-":
-                    hi, i = _class_char(pattern, i + 1)
-                    if hi < lo:
-                        raise ValueError(f"bad range {lo}-{hi}")
-                count += 1
-            continue
-        i += 1
-
-
-def _class_char(pattern: str, i: int) -> tuple[str, int]:
-    if i >= len(pattern) or pattern[i] in "-]":
-        raise ValueError("bad character class")
-    if pattern[i] == "\\":
-        i += 1
-        if i >= len(pattern):
-            raise ValueError("bad escape in character class")
-    return pattern[i], i + 1
-
-
-def _class_regex(pattern: str, i: int) -> tuple[str, int]:
-    """Translate the class starting after '[' at ``i`` into a Python class; returns (re, next)."""
-    out = "["
-    if pattern[i] == "^":
-        out += "^"
-        i += 1
-    count = 0
-    while not (pattern[i] == "]" and count > 0):
-        lo, i = _class_char(pattern, i)
-        out += re.escape(lo)
-        if pattern[i] == "-":
-            hi, i = _class_char(pattern, i + 1)
-            out += "-" + re.escape(hi)
-        count += 1
-    return out + "]", i + 1
-
-
 @dataclass(frozen=True, slots=True)
 class Pattern:
     """One cleaned pattern. ``line`` is its 1-based line in ``source`` (0 when not from a file)."""
@@ -121,7 +64,7 @@ class Pattern:
             if not text:
                 raise ContextError(f"{source or '.dockerignore'}:{line}: illegal exclusion pattern: \"!\"")
         try:
-            _check_syntax(text)
+            gomatch.check(text)
         except ValueError as exc:
             raise ContextError(f"{source or '.dockerignore'}:{line}: bad pattern {raw.strip()!r}: {exc}",
                                hint="see https://docs.docker.com/build/concepts/context/#dockerignore-files"
@@ -191,7 +134,7 @@ def _translate(text: str) -> tuple[str, str | None]:
             else:
                 out += "\\\\"
         elif ch == "[":
-            cls, i = _class_regex(text, i + 1)
+            cls, i = gomatch.class_regex(text, i + 1)
             out += cls
             kind = "regexp"
             index += 1
@@ -206,29 +149,11 @@ def _translate(text: str) -> tuple[str, str | None]:
 
 
 def glob_regex(text: str) -> re.Pattern[str]:
-    """Go's filepath.Match as a regex: '*' and '?' never cross '/', classes, '\\' escapes."""
+    """Go's filepath.Match as a regex (registry.gomatch); a bad pattern is a ContextError."""
     try:
-        _check_syntax(text)
+        return gomatch.glob_regex(text)
     except ValueError as exc:
         raise ContextError(f"bad pattern {text!r}: {exc}") from None
-    out, i, n = "^", 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "*":
-            out += "[^/]*"
-        elif ch == "?":
-            out += "[^/]"
-        elif ch == "\\" and i + 1 < n:
-            out += re.escape(text[i + 1])
-            i += 1
-        elif ch == "[":
-            cls, i = _class_regex(text, i + 1)
-            out += cls
-            continue
-        else:
-            out += re.escape(ch)
-        i += 1
-    return re.compile(out + "$", re.DOTALL)
 
 
 def parse_ignore(text: str, *, source: str = ".dockerignore") -> list[Pattern]:

@@ -483,7 +483,7 @@ class Engine:
                 outcome = handler.execute(prep, state, step_env)
             commit = state.extra.pop("commit_seconds", None)
             srec.commit_seconds = round(commit, 4) if commit is not None else None
-            result = self._result(key, outcome, prep)
+            result = self._result(key, outcome)
             self.cache.record(result)
             if result.layer is not None:
                 self._gc_root(key, result.layer)
@@ -531,7 +531,7 @@ class Engine:
         state.history.append(History(created=created, created_by=prep.created_by,
                                      comment="pybuild.dockerfile.v0", empty_layer=True))
 
-    def _result(self, key: Digest, outcome: Any, prep: Any) -> StepResult:
+    def _result(self, key: Digest, outcome: Any) -> StepResult:
         created = rfc3339(self.epoch) if self.epoch is not None else now_rfc3339()
         history = History(created=created, created_by=outcome.created_by, comment=outcome.comment,
                           empty_layer=outcome.layer is None).to_dict()

@@ -10,9 +10,12 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from builder.errors import UsageError
+
+if TYPE_CHECKING:
+    from registry.compression import Codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class BuildOptions:
     cache_to: tuple[CacheSpec, ...] = ()
     outputs: tuple[OutputSpec, ...] = ()
     push: bool = False
-    compression: str = "gzip"
+    compression: Codec = "gzip"
 
     @property
     def dockerfile_path(self) -> Path:
@@ -220,7 +223,7 @@ def make_options(*, context_dir: str, dockerfile: str | None, tags: Sequence[str
                  no_cache_filter: Sequence[str] = (), pull: bool = False, explain: bool = False,
                  build_contexts: Sequence[str] = (), cache_from: Sequence[str] = (),
                  cache_to: Sequence[str] = (), outputs: Sequence[str] = (), push: bool = False,
-                 compression: str = "gzip", stdin: BinaryIO | None = None) -> BuildOptions:
+                 compression: Codec = "gzip", stdin: BinaryIO | None = None) -> BuildOptions:
     from registry.errors import InvalidReference
     from registry.reference import parse_reference
 

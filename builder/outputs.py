@@ -25,6 +25,8 @@ from registry.store import DirStore
 
 if TYPE_CHECKING:
     from builder.result import BuildResult
+    from registry.archive import Format
+    from registry.image import StoreImage
 
 
 def push_tags(store: DirStore, result: BuildResult, progress: ev.Progress) -> dict[str, str]:
@@ -60,7 +62,7 @@ def write_outputs(store: DirStore, result: BuildResult, outputs: Sequence[Output
             _tar(store, result, spec.dest)
 
 
-def _image(store: DirStore, result: BuildResult):  # type: ignore[no-untyped-def]
+def _image(store: DirStore, result: BuildResult) -> StoreImage:
     from registry.image import StoreImage
 
     return StoreImage(store, result.manifest, result.tags)
@@ -69,12 +71,12 @@ def _image(store: DirStore, result: BuildResult):  # type: ignore[no-untyped-def
 def _archive(store: DirStore, result: BuildResult, spec: OutputSpec) -> None:
     from registry.archive import SaveItem, save, save_to_path
 
-    fmt = "oci-archive" if spec.type == "oci" else "docker-archive"
+    fmt: Format = "oci-archive" if spec.type == "oci" else "docker-archive"
     item = SaveItem(_image(store, result), tuple(result.tags))
     if spec.dest == "-":
-        save(store, [item], sys.stdout.buffer, fmt=fmt)  # type: ignore[arg-type]
+        save(store, [item], sys.stdout.buffer, fmt=fmt)
         return
-    save_to_path(store, [item], Path(str(spec.dest)), fmt=fmt)  # type: ignore[arg-type]
+    save_to_path(store, [item], Path(str(spec.dest)), fmt=fmt)
 
 
 def _local(store: DirStore, result: BuildResult, dest: Path) -> None:

@@ -181,7 +181,7 @@ def make_plan(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | Non
             base = BaseRef("scratch")
         else:
             base = BaseRef("image", image)
-        deps |= _stage_deps(st, stages, args, env, escape, used)
+        deps |= _stage_deps(st, stages, args, env, escape)
         plan_stages.append(PlanStage(st.index, st.name, st.from_, base, st.instructions, frozenset(deps)))
 
     # Target and pruning.
@@ -226,7 +226,7 @@ def make_plan(dockerfile: ast.Dockerfile, *, build_args: Mapping[str, str] | Non
 
 
 def _stage_deps(st: ast.Stage, stages: tuple[ast.Stage, ...], args: Mapping[str, str],
-                meta_env: Mapping[str, str], escape: str, used: set[str]) -> set[int]:
+                meta_env: Mapping[str, str], escape: str) -> set[int]:
     """Stages this stage reads through COPY --from / RUN --mount from= (names expanded with
     the ARG and ENV values known at that point, as BuildKit's dispatcher does)."""
     deps: set[int] = set()

@@ -109,12 +109,7 @@ class Records:
     def save(self, rec: BuildRecord, *, durable: bool = True) -> None:
         """Write the record atomically (``durable=False`` skips the fsyncs: the "running"
         record written at the start only has to survive until the final one replaces it)."""
-        if durable:
-            atomic_write(self.path(rec.id), canonical_json(rec.to_dict()))
-            return
-        tmp = self.dir / f".{rec.id}.{secrets.token_hex(4)}.tmp"
-        tmp.write_bytes(canonical_json(rec.to_dict()))
-        tmp.replace(self.path(rec.id))
+        atomic_write(self.path(rec.id), canonical_json(rec.to_dict()), durable=durable)
 
     def _ids_newest_first(self) -> list[str]:
         names = [e.name[:-5] for e in os.scandir(self.dir)

@@ -25,7 +25,6 @@ from registry.model import Descriptor, Manifest, canonical_json
 from registry.store import DirStore
 
 CACHE_CONFIG_TYPE = "application/vnd.pybuild.cache.config.v1+json"
-CACHE_ARTIFACT = "application/vnd.pybuild.cache.v1"
 SCHEMA = 1
 
 

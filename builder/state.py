@@ -8,7 +8,7 @@ Imports registry (model, digest) only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from builder.cachekey import PROXY_ARGS
@@ -82,9 +82,6 @@ class StageState:
     def chain_id(self) -> str | None:
         ids = chain_ids(self.diff_ids)
         return str(ids[-1]) if ids else None
-
-    def set_config(self, **changes: Any) -> None:
-        self.config = replace(self.config, **changes)
 
     def copy(self) -> StageState:
         return StageState(self.name, self.index, self.platform, self.key, self.config,

@@ -50,7 +50,7 @@ def _cache_file(grammar_text: bytes) -> Path | None:
 
 
 @functools.cache
-def parser(transformer: lark.Transformer | None = None) -> lark.Lark:  # type: ignore[type-arg]
+def parser(transformer: lark.Transformer[Any, Any] | None = None) -> lark.Lark:
     """The shared LALR parser (contextual lexer, four start symbols, see the .lark file).
 
     ``transformer`` runs inline while parsing (no parse tree is built).

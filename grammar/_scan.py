@@ -178,9 +178,8 @@ def parse_tree(source: str | bytes, filename: str = "Dockerfile") -> Tree:
         try:
             node = parse_line(logical, escape)
         except ParseError as exc:
-            offset = getattr(exc, "offset", None)
-            if offset is not None:
-                where, column = tree.locate(len(tree.positions) - 1, offset)
+            if exc.offset is not None:
+                where, column = tree.locate(len(tree.positions) - 1, exc.offset)
                 raise tree.error(exc, where, column, current) from None
             raise tree.error(exc, start, positions[0][2] + 1, current) from None
         node.original, node.start_line, node.empty_continuation = logical, start, empty_continuation

@@ -15,6 +15,7 @@ class ParseError(Exception):
 
     exit_code: ClassVar[int] = 1
     hint: str | None = None
+    offset: int | None = None   # into the logical line, set where the line parser knows no more
 
     def __init__(self, message: str, *, filename: str = "Dockerfile", line: int = 0, column: int = 0,
                  excerpt: str = "", hint: str | None = None, end_line: int | None = None) -> None:

@@ -43,7 +43,7 @@ def _warn(rule: str, message: str, span: ast.Span) -> ast.LintWarning:
 def check(df: ast.Dockerfile, tree: Tree) -> tuple[ast.LintWarning, ...]:
     """All parse-time checks, filtered by ``# check=skip=``, in file order."""
     found = list(_static_checks(df, tree))
-    found += undefined_vars(df, base_env=_known_base_env(df), _filter=False)
+    found += undefined_vars(df, base_env=_known_base_env, _filter=False)
     found.sort(key=lambda w: (w.span.line, w.span.column, w.rule))
     return tuple(w for w in found if df.directives.check.enabled(w.rule))
 
@@ -165,11 +165,9 @@ def _referenced(text: str, escape: str) -> frozenset[str]:
         return frozenset()
 
 
-def _known_base_env(df: ast.Dockerfile) -> Callable[[ast.Stage], Mapping[str, str] | None]:
+def _known_base_env(stage: ast.Stage) -> Mapping[str, str] | None:
     """Base env of a stage when it is known without a registry: scratch only."""
-    def base_env(stage: ast.Stage) -> Mapping[str, str] | None:
-        return {"PATH": DEFAULT_PATH} if stage.from_.image == "scratch" else None
-    return base_env
+    return {"PATH": DEFAULT_PATH} if stage.from_.image == "scratch" else None
 
 
 def _expanded_texts(ins: ast.Instruction) -> Iterator[str]:

@@ -98,7 +98,7 @@ def _json_value(item: Any) -> Any:
     return _NON_STRING  # nested array or object
 
 
-class _Callbacks(lark.Transformer):  # type: ignore[type-arg]
+class _Callbacks(lark.Transformer[lark.Token, Any]):
     """Inline LALR callbacks: build small tuples while parsing, no lark Tree."""
 
     def start(self, children: list[Any]) -> Any:
@@ -383,7 +383,7 @@ def _name_values(node: Node, words: list[str], offsets: list[int], line: str, sh
         if not sep:
             exc = ParseError(f"Syntax error - can't find = in {_go_quote(word)}. Must be of the form: "
                              "name=value", hint=f"write {word}=<value>, or quote a value that has blanks")
-            exc.offset = at + shift  # type: ignore[attr-defined]
+            exc.offset = at + shift
             raise exc
         node.values += [key, value]
         node.value_at += [at + shift, at + len(key) + 1 + shift]

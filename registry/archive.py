@@ -16,18 +16,16 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import posixpath
-import secrets
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, cast
+from typing import IO, Any, BinaryIO, Literal, cast
 
 from registry import mediatypes as mt
 from registry.changes import apply_changes
-from registry.compression import Codec, compressor, decompressor, sniff
+from registry.compression import Codec, Readable, Writable, compressor, decompressor, sniff
 from registry.digest import CHUNK, Digest
 from registry.errors import ArchiveError, InvalidReference, RegistryError
 from registry.image import StoreImage
@@ -44,7 +42,7 @@ from registry.model import (
     canonical_json,
 )
 from registry.reference import parse_reference
-from registry.store import MAX_JSON_BLOB, REF_NAME, DirStore, fsync_dir
+from registry.store import MAX_JSON_BLOB, REF_NAME, DirStore, atomic_file
 
 Format = Literal["docker-archive", "oci-archive"]
 FORMATS: tuple[Format, ...] = ("docker-archive", "oci-archive")
@@ -167,19 +165,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def save_to_path(store: DirStore, items: Sequence[SaveItem], path: Path, *,
                  fmt: Format = "docker-archive") -> None:
     """``save`` into a file atomically (temp file + fsync + rename)."""
-    path = path.absolute()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            save(store, items, f, fmt=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    with atomic_file(path.absolute(), mode=0o666) as f:
+        save(store, items, f, fmt=fmt)
 
 
 # -- reading helpers -------------------------------------------------------------------------------
@@ -190,11 +177,11 @@ def open_decompressed(raw: BinaryIO) -> BinaryIO:
     if head.startswith(XZ_MAGIC):
         import lzma
 
-        return lzma.open(buffered, "rb")  # type: ignore[return-value]
+        return cast(BinaryIO, lzma.open(buffered, "rb"))     # an LZMAFile: a binary reader
     if head.startswith(BZIP2_MAGIC):
         import bz2
 
-        return bz2.open(buffered, "rb")  # type: ignore[return-value]
+        return cast(BinaryIO, bz2.open(buffered, "rb"))
     return decompressor(buffered, sniff(head))
 
 
@@ -212,7 +199,7 @@ def _safe_name(name: str, where: str) -> str:
 class _Tee:
     """A reader that copies everything read through it into a sink and a hasher."""
 
-    def __init__(self, src: BinaryIO, sink: BinaryIO | None) -> None:
+    def __init__(self, src: Readable, sink: Writable | None) -> None:
         self.src = src
         self.sink = sink
         self.hasher = hashlib.sha256()
@@ -232,7 +219,7 @@ class _Tee:
             pass
 
 
-def _store_layer(store: DirStore, src: BinaryIO, codec: Codec = "gzip") -> LayerBlob:
+def _store_layer(store: DirStore, src: Readable, codec: Codec = "gzip") -> LayerBlob:
     """Store a layer tar from a stream: a plain tar is compressed with ``codec`` (one pass:
     diff_id and digest together); an already compressed one is stored as is and its
     diff_id computed from the stored copy."""
@@ -241,7 +228,7 @@ def _store_layer(store: DirStore, src: BinaryIO, codec: Codec = "gzip") -> Layer
     if kind == "none":
         with store.ingest() as blob:
             comp = compressor(blob, codec)
-            tee = _Tee(cast(BinaryIO, buffered), comp)
+            tee = _Tee(buffered, comp)
             tee.drain()
             comp.close()
         info = blob.descriptor_info
@@ -252,7 +239,7 @@ def _store_layer(store: DirStore, src: BinaryIO, codec: Codec = "gzip") -> Layer
             blob.write(chunk)
     info = blob.descriptor_info
     with store.open(info.digest) as reader:
-        tee = _Tee(decompressor(reader, kind), None)  # type: ignore[arg-type]
+        tee = _Tee(decompressor(reader, kind), None)
         tee.drain()
     return LayerBlob(Descriptor(mt.layer_type(kind), info.digest, info.size),
                      Digest.from_hasher(tee.hasher), tee.size)
@@ -324,7 +311,7 @@ def _scan(store: DirStore, stream: BinaryIO, source: str) -> _Scan:
                         raise ArchiveError(source, f"{name} is {member.size} bytes, limit {MAX_JSON_BLOB}")
                     scan.small[name] = f.read()
                 else:
-                    scan.layers[name] = _store_layer(store, f)  # type: ignore[arg-type]
+                    scan.layers[name] = _store_layer(store, f)
         except tarfile.TarError as exc:
             raise ArchiveError(source, f"corrupt tar archive ({exc})") from None
     return scan
@@ -492,7 +479,7 @@ def _docker_layer(store: DirStore, scan: _Scan, name: str, source: str) -> Layer
     if digest is not None and store.has(digest):
         # A layer kept in blobs/ (docker 25+ without index.json): store it as our codec would.
         with store.open(digest) as reader:
-            layer = _store_layer(store, reader)  # type: ignore[arg-type]
+            layer = _store_layer(store, reader)
         scan.layers[name] = layer
         return layer
     raise ArchiveError(source, f"manifest.json names layer {name!r}, not in the archive")
@@ -564,7 +551,8 @@ def import_rootfs(store: DirStore, stream: BinaryIO, *, tags: Iterable[str] = ()
 def _validate_tar(src: _Tee, source: str) -> int:
     """Read the tar's headers (the data flows on through the tee); returns the member count."""
     try:
-        with tarfile.open(fileobj=src, mode="r|") as tar:  # type: ignore[call-overload]
+        # stream mode ("r|") only read()s the tee; typeshed asks for a whole file object
+        with tarfile.open(fileobj=cast(IO[bytes], src), mode="r|") as tar:
             return sum(1 for _ in tar)
     except tarfile.TarError as exc:
         if src.size == 0:

@@ -107,7 +107,7 @@ def _exec_or_shell(text: str, config: ContainerConfig) -> tuple[str, ...]:
 
 
 def _pairs(line: str, text: str, env: Mapping[str, str], instr: str) -> list[tuple[str, str]]:
-    words = _words(text, env, split_assign=True)
+    words = _raw_words(text, env)
     if not words:
         raise InvalidChange(line, f"{instr} needs at least one key=value")
     if "=" not in words[0][0]:
@@ -115,7 +115,7 @@ def _pairs(line: str, text: str, env: Mapping[str, str], instr: str) -> list[tup
         key, _, value = text.partition(" ")
         if not value.strip():
             raise InvalidChange(line, f"{instr} {key} needs a value")
-        return [(key, " ".join(w for w, _ in _words(value.strip(), env, split_assign=True)))]
+        return [(key, " ".join(w for w, _ in _raw_words(value.strip(), env)))]
     out = []
     for word, raw_key in words:
         if "=" not in raw_key:
@@ -142,10 +142,14 @@ def _ports(line: str, word: str) -> list[str]:
     return [f"{p}/{proto}" for p in range(start, end + 1)]
 
 
-def _words(text: str, env: Mapping[str, str], *, split_assign: bool = False) -> list:  # type: ignore[type-arg]
+def _words(text: str, env: Mapping[str, str]) -> list[str]:
     """Split like a Dockerfile: quotes group, backslash escapes, variables expand (not inside
-    single quotes). With ``split_assign`` each word comes with its raw text (to tell
-    ``a=b`` from a quoted ``"a=b"``)."""
+    single quotes)."""
+    return [word for word, _ in _raw_words(text, env)]
+
+
+def _raw_words(text: str, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """_words, each word with its raw text (to tell ``a=b`` from a quoted ``"a=b"``)."""
     words: list[tuple[str, str]] = []
     cur: list[str] = []
     raw: list[str] = []
@@ -197,7 +201,7 @@ def _words(text: str, env: Mapping[str, str], *, split_assign: bool = False) -> 
             i += 1
     if in_word:
         words.append(("".join(cur), "".join(raw)))
-    return words if split_assign else [w for w, _ in words]
+    return words
 
 
 def _expand(text: str, i: int, env: Mapping[str, str]) -> tuple[str, int]:

@@ -24,8 +24,22 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def as_codec(name: str) -> Codec:
+    """``name`` as a Codec (e.g. from a JSON action); ValueError for anything else."""
+    for codec in CODECS:
+        if name == codec:
+            return codec
+    raise ValueError(f"unknown codec {name!r}")
+
+
 class Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
+
+
+class Readable(Protocol):
+    """Any byte source a decompressor can read: a file, a VerifyingReader, a tar member."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class _NoClose(io.RawIOBase):
@@ -135,7 +149,7 @@ def _codec_stream(out: Writable, codec: Codec, level: int | None) -> tuple[Binar
     raise ValueError(f"unknown codec {codec!r}")
 
 
-def decompressor(raw: IO[bytes], codec: Codec) -> BinaryIO:
+def decompressor(raw: Readable, codec: Codec) -> BinaryIO:
     """A readable of the decompressed bytes of ``raw`` (multi-member gzip and multi-frame zstd)."""
     if codec == "none":
         return cast(BinaryIO, raw)
@@ -145,14 +159,16 @@ def decompressor(raw: IO[bytes], codec: Codec) -> BinaryIO:
         except ImportError:
             import gzip
 
-            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+            # typeshed also asks the fileobj for seek(); reading never calls it
+            return cast(BinaryIO, gzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb"))
         factory: Any = igzip.IGzipFile  # untyped in isal's stubs
         return cast(BinaryIO, factory(fileobj=raw, mode="rb"))
     if codec == "zstd":
         import zstandard
 
+        # zstandard's stub asks for IO[bytes]; it only ever calls read()
         return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=False))
+            cast(IO[bytes], raw), read_across_frames=True, closefd=False))
     raise ValueError(f"unknown codec {codec!r}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from registry.errors import DigestMismatch, InvalidDigest, SizeMismatch
 
@@ -38,10 +38,6 @@ class Digest:
     @classmethod
     def from_hasher(cls, hasher: hashlib._Hash) -> Digest:
         return cls("sha256", hasher.hexdigest())
-
-    @classmethod
-    def of_file(cls, f: IO[bytes]) -> Digest:
-        return cls("sha256", hashlib.file_digest(f, "sha256").hexdigest())  # type: ignore[arg-type]
 
     @property
     def short(self) -> str:

@@ -102,13 +102,6 @@ class NoMatchingPlatform(RegistryError):
         self.want, self.available = want, available
 
 
-class UnsupportedMediaType(RegistryError):
-    def __init__(self, media_type: str, *, where: str = "") -> None:
-        at = f" in {where}" if where else ""
-        super().__init__(f"unsupported media type {media_type!r}{at}")
-        self.media_type = media_type
-
-
 class InvalidChange(RegistryError):
     """A ``--change`` line that is not a supported Dockerfile instruction."""
 

@@ -272,10 +272,6 @@ class StoreImage:
         return [parse_reference(n) for n in self.names]
 
 
-def image_digest(img: StoreImage) -> Digest:
-    return Digest.of(img.raw_manifest())
-
-
 def parse_time(text: str | None) -> datetime | None:
     """RFC 3339 (with nanoseconds, as Go writes them) → aware datetime; None if absent/bad."""
     if not text:

@@ -82,9 +82,6 @@ class Reference:
             raise InvalidReference(tag, "invalid tag format")
         return replace(self, tag=tag, digest=None)
 
-    def with_digest(self, digest: Digest) -> Reference:
-        return replace(self, digest=digest)
-
     @property
     def object(self) -> str:
         """What a registry is asked for: the digest if present, else the tag."""
@@ -145,6 +142,3 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
         tag = DEFAULT_TAG
     return Reference(domain, path, tag, digest)
 
-
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))

@@ -79,21 +79,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via temp + fsync + rename (+ fsync of the directory)."""
+@contextlib.contextmanager
+def atomic_file(path: Path, *, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """A new file that replaces ``path`` when the block ends normally (temp ``.NAME.<hex>.tmp``
+    + rename; ``durable`` adds the fsyncs of the file and of the directory). On an exception
+    the temp file is removed and ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.{_token(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         tmp.replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (atomic_file)."""
+    with atomic_file(path, mode=mode, durable=durable) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -506,12 +517,4 @@ class DirStore:
                     Path(entry.path).unlink()
                     count += 1
         return count
-
-    def spool_dir(self) -> contextlib.AbstractContextManager[str]:
-        """A private temporary directory under ingest/ (same filesystem as the blobs, so
-        spooled files can be renamed in); removed on exit, swept by gc after a crash."""
-        import tempfile
-
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryDirectory(prefix="t-spool-", dir=self.ingest_dir)
 

@@ -1,10 +1,8 @@
-"""Thin wrappers over the Linux syscalls the sandbox needs and Python 3.11 lacks.
-
-unshare/setns/mount/umount2/pivot_root/sethostname/prctl/capget/capset/openat2/seccomp via
-ctypes (``os.unshare``/``os.setns`` when present, Python >= 3.12). Every failure raises
-``OSError(errno, "<syscall>", path)`` in the style of runc's ``os.PathError``. Stdlib only;
-imported by runtime.nsinit, so it must stay cheap to import (no pathlib, no json).
-"""
+"""The one module for Linux syscalls Python 3.11 lacks (ctypes; ``os.unshare``/``os.setns`` on
+3.12+): namespaces, mount/pivot_root and the fsopen mount API, openat2, statx, capabilities,
+prctl, seccomp, pidfd, FICLONE/copy_file_range copies. Failures raise ``OSError(errno, "<syscall>",
+path)`` (runc's os.PathError). Stdlib only, and cheap to import (runtime.nsinit's start-up path):
+no pathlib, no json; structures needed only by rare calls are made on first use."""
 
 from __future__ import annotations
 
@@ -108,7 +106,20 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 _NR = {"pivot_root": 155, "openat2": 437, "setns": 308, "unshare": 272, "capget": 125,
-       "capset": 126, "pidfd_send_signal": 424}
+       "capset": 126, "pidfd_send_signal": 424, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+       "fsmount": 432}
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+
+# the new mount API (Linux >= 5.2; overlay's "lowerdir+" key needs 6.8)
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 # The capability names, index = capability number (linux/capability.h).
 CAP_NAMES = (
@@ -172,6 +183,38 @@ def pivot_root(new_root: str | bytes, put_old: str | bytes) -> None:
         raise _err("pivot_root", new_root)
 
 
+def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+    """fsopen(2): a filesystem context fd, configured with fsconfig() and made by fsmount()."""
+    fd = _syscall(_NR["fsopen"], fstype.encode(), ctypes.c_uint(flags))
+    if fd < 0:
+        raise _err("fsopen", fstype)
+    return int(fd)
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | bytes | None = None,
+             aux: int = 0) -> None:
+    """fsconfig(2): one parameter (FSCONFIG_SET_FLAG/SET_STRING) or FSCONFIG_CMD_CREATE."""
+    if _syscall(_NR["fsconfig"], ctypes.c_int(fd), ctypes.c_uint(cmd), _b(key), _b(value),
+                ctypes.c_int(aux)) < 0:
+        raise _err("fsconfig", key if key is not None else f"cmd {cmd}")
+
+
+def fsmount(fd: int, flags: int = FSMOUNT_CLOEXEC, attr_flags: int = 0) -> int:
+    """fsmount(2): a detached mount (an fd) of a created filesystem context."""
+    mnt = _syscall(_NR["fsmount"], ctypes.c_int(fd), ctypes.c_uint(flags), ctypes.c_uint(attr_flags))
+    if mnt < 0:
+        raise _err("fsmount")
+    return int(mnt)
+
+
+def move_mount(from_fd: int, from_path: str | bytes, to_fd: int, to_path: str | bytes,
+               flags: int = 0) -> None:
+    """move_mount(2): attach a mount (``from_fd`` with MOVE_MOUNT_F_EMPTY_PATH) at ``to_path``."""
+    if _syscall(_NR["move_mount"], ctypes.c_int(from_fd), _b(from_path), ctypes.c_int(to_fd),
+                _b(to_path), ctypes.c_uint(flags)) < 0:
+        raise _err("move_mount", to_path)
+
+
 def parse_mount_options(options: list[str] | tuple[str, ...]) -> tuple[int, int, list[str]]:
     """mount(8)-style words -> (flags, propagation flags, remaining fs-specific data words)."""
     flags, prop, data = 0, 0, []
@@ -214,6 +257,83 @@ def openat2(dirfd: int, path: str | bytes, flags: int, *, mode: int = 0,
     return int(fd)
 
 
+# -- files -----------------------------------------------------------------------------------
+_STATX_BTIME = 0x800
+_statx_type: type[ctypes.Structure] | None = None   # made on first use: keeps this import cheap
+
+
+def birth_time_ns(path: str | bytes) -> int | None:
+    """The birth time of ``path`` (statx(2) STATX_BTIME, not following a final symlink), or
+    None where libc or the filesystem does not report one."""
+    global _statx_type
+    fn = getattr(_libc, "statx", None)
+    if fn is None:
+        return None
+    if _statx_type is None:
+        class _Statx(ctypes.Structure):
+            _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
+                        ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
+                        ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
+                        ("spare0", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                        ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
+                        ("atime", ctypes.c_int64 * 2), ("btime", ctypes.c_int64 * 2),
+                        ("ctime", ctypes.c_int64 * 2), ("mtime", ctypes.c_int64 * 2),
+                        ("rest", ctypes.c_uint8 * 128)]
+
+        _statx_type = _Statx
+    buf = _statx_type()
+    if fn(AT_FDCWD, _b(path), AT_SYMLINK_NOFOLLOW, _STATX_BTIME, ctypes.byref(buf)) != 0:
+        return None
+    if not buf.mask & _STATX_BTIME:
+        return None
+    sec, nsec = buf.btime[0], buf.btime[1] & 0xFFFFFFFF
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+_FICLONE = 0x40049409
+
+
+def copy_file_data(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from fd ``src`` to fd ``dst`` (both at offset 0) in the kernel where
+    it can: a reflink (FICLONE), then copy_file_range (same filesystem), then sendfile (any two
+    files), then read/write. A failed fast path falls through; the last one raises."""
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return
+    except OSError:
+        pass
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+            if n == 0:
+                break
+            left -= n
+    except OSError:
+        pass
+    if left <= 0:
+        return
+    offset = size - left
+    try:
+        while left > 0:
+            n = os.sendfile(dst, src, offset, min(left, 1 << 30))
+            if n == 0:
+                break
+            offset += n
+            left -= n
+    except OSError:
+        pass
+    if left <= 0:
+        return
+    os.lseek(src, size - left, os.SEEK_SET)
+    os.lseek(dst, size - left, os.SEEK_SET)
+    while True:
+        chunk = os.read(src, 1 << 20)
+        if not chunk:
+            return
+        os.write(dst, chunk)
+
+
 # -- identity, capabilities, prctl -------------------------------------------------------------
 def sethostname(name: str) -> None:
     raw = name.encode()
@@ -253,8 +373,9 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
     data = (_CapData * 2)()
     if _syscall(_NR["capget"], ctypes.byref(hdr), data) != 0:
         raise _err("capget")
-    return tuple(int(getattr(data[0], f)) | (int(getattr(data[1], f)) << 32)  # type: ignore[return-value]
-                 for f in ("effective", "permitted", "inheritable"))
+    effective, permitted, inheritable = (int(getattr(data[0], f)) | (int(getattr(data[1], f)) << 32)
+                                         for f in ("effective", "permitted", "inheritable"))
+    return effective, permitted, inheritable
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

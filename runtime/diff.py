@@ -7,7 +7,6 @@ runtime.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -77,27 +76,26 @@ def _entry(rel: str, full: str, st: os.stat_result, ids: IdMap,
            links: dict[tuple[int, int], str] | None) -> TarEntry | None:
     """A TarEntry for one filesystem node (None for sockets)."""
     mode = stat.S_IMODE(st.st_mode)
-    common = {"mode": mode, "uid": ids.uid(st.st_uid), "gid": ids.gid(st.st_gid),
-              "mtime": st.st_mtime_ns // 1_000_000_000}
+    uid, gid, mtime = ids.uid(st.st_uid), ids.gid(st.st_gid), st.st_mtime_ns // 1_000_000_000
     fmt = stat.S_IFMT(st.st_mode)
     if fmt == stat.S_IFREG:
         if links is not None and st.st_nlink > 1:
             ident = (st.st_dev, st.st_ino)
             first = links.get(ident)
             if first is not None:
-                return TarEntry(rel, "hardlink", linkname=first, **common)  # type: ignore[arg-type]
+                return TarEntry(rel, "hardlink", mode, uid, gid, mtime, linkname=first)
             links[ident] = rel
-        return TarEntry(rel, "file", size=st.st_size, source=full, xattrs=_xattrs(full),
-                        **common)  # type: ignore[arg-type]
+        return TarEntry(rel, "file", mode, uid, gid, mtime, size=st.st_size, source=full,
+                        xattrs=_xattrs(full))
     if fmt == stat.S_IFDIR:
-        return TarEntry(rel, "dir", xattrs=_xattrs(full), **common)  # type: ignore[arg-type]
+        return TarEntry(rel, "dir", mode, uid, gid, mtime, xattrs=_xattrs(full))
     if fmt == stat.S_IFLNK:
-        return TarEntry(rel, "symlink", linkname=os.readlink(full), **{**common, "mode": 0o777})  # type: ignore[arg-type]  # noqa: PTH115
+        return TarEntry(rel, "symlink", 0o777, uid, gid, mtime, linkname=os.readlink(full))  # noqa: PTH115
     if fmt in (stat.S_IFCHR, stat.S_IFBLK):
-        return TarEntry(rel, "char" if fmt == stat.S_IFCHR else "block", devmajor=os.major(st.st_rdev),
-                        devminor=os.minor(st.st_rdev), xattrs=_xattrs(full), **common)  # type: ignore[arg-type]
+        return TarEntry(rel, "char" if fmt == stat.S_IFCHR else "block", mode, uid, gid, mtime,
+                        devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev), xattrs=_xattrs(full))
     if fmt == stat.S_IFIFO:
-        return TarEntry(rel, "fifo", **common)  # type: ignore[arg-type]
+        return TarEntry(rel, "fifo", mode, uid, gid, mtime)
     return None          # sockets: meaningless in an image
 
 
@@ -141,36 +139,6 @@ def _sorted_children(rel: str, full: str) -> Iterator[tuple[str, os.DirEntry[str
 
 
 # -- copy: compare with the parent tree --------------------------------------------------------------
-class _Statx(ctypes.Structure):
-    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
-                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
-                ("spare0", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
-                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
-                ("atime", ctypes.c_int64 * 2), ("btime", ctypes.c_int64 * 2),
-                ("ctime", ctypes.c_int64 * 2), ("mtime", ctypes.c_int64 * 2),
-                ("rest", ctypes.c_uint8 * 128)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_STATX_BTIME = 0x800
-_AT_SYMLINK_NOFOLLOW = 0x100
-
-
-def birth_ns(path: str) -> int | None:
-    """The birth time of ``path`` (statx STATX_BTIME), or None where the filesystem lacks it."""
-    buf = _Statx()
-    fn = getattr(_libc, "statx", None)
-    if fn is None:
-        return None
-    if fn(-100, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, ctypes.byref(buf)) != 0:
-        return None
-    if not buf.mask & _STATX_BTIME:
-        return None
-    sec, nsec = buf.btime[0], buf.btime[1] & 0xFFFFFFFF
-    return int(sec) * 1_000_000_000 + int(nsec)
-
-
 def _same_content(a: str, b: str) -> bool:
     with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
         while True:
@@ -210,7 +178,9 @@ def compare_entries(new_root: Path, old_root: Path | None, *, mark_ns: int = 0,
     of every change are included; the other names of a changed hardlinked file come along
     (overlayfs copies them up), and a hardlink group is one file plus hardlinks.
     """
-    can_birth = birth_ns(os.fspath(new_root)) is not None
+    from runtime._syscalls import birth_time_ns  # statx via ctypes: only the copy snapshotter
+
+    can_birth = birth_time_ns(os.fspath(new_root)) is not None
     groups: dict[tuple[int, int], list[str]] = {}       # nlink > 1 files of the new tree
     where: dict[str, tuple[str, os.stat_result]] = {}    # their paths and stats
 
@@ -239,11 +209,12 @@ def compare_entries(new_root: Path, old_root: Path | None, *, mark_ns: int = 0,
             if stat.S_ISDIR(nst.st_mode):
                 recreated = False
                 if ost is not None and mark_ns and can_birth:
-                    born = birth_ns(ne.path)
+                    born = birth_time_ns(ne.path)
                     recreated = born is not None and born >= mark_ns
                 fresh = ost is None or not stat.S_ISDIR(ost.st_mode) or recreated
                 inner = walk(crel, ne.path, None if fresh or oe is None else oe.path)
-                changed = fresh or _changed(nst, ost, ne.path, oe.path, mark_ns)  # type: ignore[arg-type, union-attr]
+                changed = fresh or (ost is not None and oe is not None
+                                    and _changed(nst, ost, ne.path, oe.path, mark_ns))
                 if changed or inner:
                     entry = _entry(crel, ne.path, nst, ids, None)
                     assert entry is not None
@@ -255,7 +226,7 @@ def compare_entries(new_root: Path, old_root: Path | None, *, mark_ns: int = 0,
             if stat.S_ISREG(nst.st_mode) and nst.st_nlink > 1:
                 groups.setdefault((nst.st_dev, nst.st_ino), []).append(crel)
                 where[crel] = (ne.path, nst)
-            if ost is None or _changed(nst, ost, ne.path, oe.path, mark_ns):  # type: ignore[union-attr]
+            if oe is None or ost is None or _changed(nst, ost, ne.path, oe.path, mark_ns):
                 entry = _entry(crel, ne.path, nst, ids, None)
                 if entry is not None:
                     out.append(entry)

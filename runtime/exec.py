@@ -110,7 +110,11 @@ def _plan(c: Container, opts: ExecOptions) -> dict[str, Any]:
         from runtime.nsinit import seccomp_program
 
         seccomp = seccomp_program(linux["seccomp"])
-    return {"pid": st.pid, "cgroups": list(st.cgroup.values()), "env": env, "caps": caps,
+    # v1 controllers: the process moves itself by writing "0" to `tasks` (a single-threaded
+    # process: the thread is the process), which skips the kernel's global threadgroup rwsem
+    # that writing a pid to cgroup.procs takes (an RCU grace period, ~10 ms); v2: cgroup.procs
+    cgroups = [(path, "tasks" if controller else "cgroup.procs") for controller, path in st.cgroup.items()]
+    return {"pid": st.pid, "cgroups": cgroups, "env": env, "caps": caps,
             "user": user or "", "uid_gid": uid_gid, "cwd": opts.workdir or proc.get("cwd") or "/",
             "nnp": bool(proc.get("noNewPrivileges")) and not opts.privileged, "seccomp": seccomp,
             "argv": list(opts.argv), "tty": opts.tty}
@@ -124,10 +128,8 @@ def _child(plan: dict[str, Any], ns: list[tuple[str, int]], root_fd: int, msg_w:
 
     stage = "cgroup"
     try:
-        for path in plan["cgroups"]:
-            with contextlib.suppress(FileNotFoundError), \
-                    open(os.path.join(path, "cgroup.procs"), "w") as f:  # noqa: PTH118
-                f.write(str(os.getpid()))
+        for path, name in plan["cgroups"]:
+            _join_cgroup(path, name)
         stage = "namespaces"
         for kind, fd in ns:
             sc.setns(fd, sc.NAMESPACE_FLAGS[kind])
@@ -208,6 +210,25 @@ def _child(plan: dict[str, Any], ns: list[tuple[str, int]], root_fd: int, msg_w:
         with contextlib.suppress(OSError):
             os.write(msg_w, json.dumps(msg).encode() + b"\n")
     os._exit(126)
+
+
+def _join_cgroup(path: str, name: str) -> None:
+    """Move this (single-threaded) process into the cgroup directory ``path``: "0" to ``name``
+    ("tasks" for v1, "cgroup.procs" for v2); our pid to cgroup.procs if the kernel refuses "0".
+    A cgroup that is gone (the container is exiting) is skipped."""
+    for file, value in ((name, "0"), ("cgroup.procs", str(os.getpid()))):
+        try:
+            fd = os.open(os.path.join(path, file), os.O_WRONLY | os.O_CLOEXEC)  # noqa: PTH118
+        except FileNotFoundError:
+            return
+        try:
+            os.write(fd, value.encode())
+            return
+        except OSError:
+            if file == "cgroup.procs":
+                raise
+        finally:
+            os.close(fd)
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -21,13 +21,15 @@ import stat
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from runtime import pathsafe, users
+from registry import gomatch
+from runtime import _syscalls, pathsafe, users
 from runtime.errors import SandboxError
 from runtime.unpack import extract_tar, is_overlay_xattr, is_rootless
 
 Action = Mapping[str, Any]
+ArchiveCodec = Literal["none", "gzip", "bzip2", "xz", "zstd"]
 _DIR_RO = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -175,7 +177,7 @@ def _container_path(path: str, workdir: str) -> str:
     return rel + "/" if trailing and rel else rel
 
 
-def archive_codec(path: str | os.PathLike[str]) -> str | None:
+def archive_codec(path: str | os.PathLike[str]) -> ArchiveCodec | None:
     """The compression of a local tar archive ('none', 'gzip', 'bzip2', 'xz', 'zstd'), or
     None when the file is not a tar archive (ADD then copies it as a file, as docker does)."""
     try:
@@ -196,7 +198,7 @@ def archive_codec(path: str | os.PathLike[str]) -> str | None:
     return codec
 
 
-def _sniff(head: bytes) -> str:
+def _sniff(head: bytes) -> ArchiveCodec:
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
     if head.startswith(b"BZh"):
@@ -208,15 +210,15 @@ def _sniff(head: bytes) -> str:
     return "none"
 
 
-def _decompress(raw: IO[bytes], codec: str) -> IO[bytes]:
+def _decompress(raw: IO[bytes], codec: ArchiveCodec) -> IO[bytes]:
     if codec == "bzip2":
         return bz2.BZ2File(raw, "rb")
     if codec == "xz":
         return lzma.LZMAFile(raw, "rb")
-    if codec in ("gzip", "zstd"):
+    if codec == "gzip" or codec == "zstd":
         from registry.compression import decompressor
 
-        return decompressor(raw, codec)  # type: ignore[arg-type]
+        return decompressor(raw, codec)
     return raw
 
 
@@ -413,7 +415,7 @@ class _Ctx:
             raise FileActionError("copy: a glob source needs a source_root")
         base, rest = _split_glob(pattern)
         try:
-            regexes = [component_regex(part) for part in rest]
+            regexes = [gomatch.glob_regex(part) for part in rest]
         except ValueError as exc:
             raise FileActionError(f"copy: bad pattern {pattern!r}: {exc}") from None
         try:
@@ -572,7 +574,7 @@ class _Ctx:
                       dir_fd=pfd)
         try:
             os.set_blocking(sfd, True)
-            _copy_data(sfd, dfd, st.st_size)
+            _syscalls.copy_file_data(sfd, dfd, st.st_size)
             self._set_meta(dfd, st)
             _copy_xattrs(sfd, dfd)
         finally:
@@ -769,62 +771,6 @@ def _relative_to(path: str, base: str) -> str:
     return path
 
 
-def component_regex(part: str) -> re.Pattern[str]:
-    """One path component's pattern as Go's filepath.Match reads it: '*' and '?' (never '/'),
-    '[...]' classes with '^' negation and ranges, '\\' escapes. Raises ValueError when Go
-    would return ErrBadPattern."""
-    out, i, n = "", 0, len(part)
-    while i < n:
-        ch = part[i]
-        if ch == "*":
-            out += "[^/]*"
-        elif ch == "?":
-            out += "[^/]"
-        elif ch == "\\":
-            if i + 1 >= n:
-                raise ValueError("trailing backslash")
-            i += 1
-            out += re.escape(part[i])
-        elif ch == "[":
-            i += 1
-            cls = "["
-            if i < n and part[i] == "^":
-                cls += "^"
-                i += 1
-            count = 0
-            while True:
-                if i >= n:
-                    raise ValueError("unclosed character class")
-                if part[i] == "]" and count > 0:
-                    break
-                lo, i = _class_char(part, i)
-                cls += re.escape(lo)
-                if i < n and part[i] == "-":
-                    hi, i = _class_char(part, i + 1)
-                    if hi < lo:
-                        raise ValueError("bad character range")
-                    cls += "-" + re.escape(hi)
-                count += 1
-            out += cls + "]"
-        else:
-            out += re.escape(ch)
-        i += 1
-    return re.compile(out + "$", re.DOTALL)
-
-
-def _class_char(part: str, i: int) -> tuple[str, int]:
-    if i >= len(part):
-        raise ValueError("unclosed character class")
-    ch = part[i]
-    if ch in "-]":
-        raise ValueError("bad character class")
-    if ch == "\\":
-        if i + 1 >= len(part):
-            raise ValueError("trailing backslash")
-        return part[i + 1], i + 2
-    return ch, i + 1
-
-
 class _Excluder:
     """COPY --exclude patterns (.dockerignore syntax; the builder compiles each to a regex):
     a path is excluded when the last pattern matching it or one of its parent directories is
@@ -858,37 +804,6 @@ class _Excluder:
         return excluded
 
 
-def _copy_data(src: int, dst: int, size: int) -> None:
-    """In-kernel copy: copy_file_range (same filesystem, reflinks where possible), then
-    sendfile (any two files), then read/write."""
-    left = size
-    with contextlib.suppress(OSError):
-        while left > 0:
-            n = os.copy_file_range(src, dst, min(left, 1 << 30))
-            if n == 0:
-                break
-            left -= n
-    if left <= 0:
-        return
-    offset = size - left
-    with contextlib.suppress(OSError):
-        while left > 0:
-            n = os.sendfile(dst, src, offset, min(left, 1 << 30))
-            if n == 0:
-                break
-            offset += n
-            left -= n
-    if left <= 0:
-        return
-    os.lseek(src, size - left, os.SEEK_SET)
-    os.lseek(dst, size - left, os.SEEK_SET)
-    while True:
-        chunk = os.read(src, 1 << 20)
-        if not chunk:
-            return
-        os.write(dst, chunk)
-
-
 def _copy_xattrs(src: int, dst: int) -> None:
     try:
         names = os.listxattr(src)
@@ -919,7 +834,9 @@ def commit_layer(action: Action) -> dict[str, Any]:
     if not entries:
         return {"empty": True}
     clamp = action.get("clamp_mtime")
-    blob = write_layer(entries, DirStore(str(action["store"])), str(action.get("codec") or "gzip"),  # type: ignore[arg-type]
+    from registry.compression import as_codec
+
+    blob = write_layer(entries, DirStore(str(action["store"])), as_codec(str(action.get("codec") or "gzip")),
                        clamp_mtime=int(clamp) if clamp is not None else None)
     return {"empty": False, "descriptor": blob.descriptor.to_dict(), "diff_id": str(blob.diff_id),
             "size": blob.uncompressed_size}

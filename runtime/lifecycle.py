@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import signal
 import stat
 import time
@@ -153,6 +152,14 @@ def restart_container(root: Path, c: Container, timeout: float | None = None) ->
 
 # -- rm / prune -----------------------------------------------------------------------------------
 
+def _copyfileobj(fin: Any, fout: Any) -> None:
+    """shutil.copyfileobj, with shutil imported only by `cp` (it pulls bz2/lzma: ~2 ms that
+    every `run --rm` would pay, since it removes its container through this module)."""
+    import shutil
+
+    shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 def _remove_snapshot(root: Path, c: Container) -> None:
     r = c.record
     if not r.snapshot_key:
@@ -204,7 +211,6 @@ def remove_container(root: Path, c: Container, *, force: bool = False, volumes: 
     writable layer, the anonymous volumes (with -v) and the record. ``monitor`` is True when the
     monitor itself removes its container (``--rm``)."""
     from runtime.network import detach_container
-    from runtime.volumes import VolumeStore, remove_anonymous, volumes_in_use
 
     st = c.state()
     if st.status in LIVE and not monitor:
@@ -225,10 +231,14 @@ def remove_container(root: Path, c: Container, *, force: bool = False, volumes: 
         with contextlib.suppress(ProcessLookupError):
             os.kill(st.pid, signal.SIGKILL)
     c.update_state(status="removing")
-    detach_container(root, c)
+    # `rm` returns with nothing of the container left on the host (its monitor's background
+    # teardown included); the container's own run (--rm) leaves that to the background
+    detach_container(root, c, wait=not monitor)
     _destroy_cgroups(st)
     _remove_snapshot(root, c)
-    if volumes and c.record.mounts:
+    if volumes and any(m.type == "volume" for m in c.record.mounts):
+        from runtime.volumes import VolumeStore, remove_anonymous, volumes_in_use
+
         vstore = VolumeStore(root / "volumes")
         remove_anonymous(vstore, c.record.mounts, volumes_in_use(c.store), c.id)
     c.store.remove(c)
@@ -580,7 +590,7 @@ def _copy_fd_tree(src_dir: int, dst: Path) -> None:
         elif stat.S_ISREG(st.st_mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
             with os.fdopen(fd, "rb") as fin, target.open("wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
+                _copyfileobj(fin, fout)
         else:
             continue
         target.chmod(stat.S_IMODE(st.st_mode))
@@ -623,7 +633,7 @@ def _copy_out(c: Container, root: int, src: str, dest: Path) -> None:
         elif stat.S_ISREG(st.st_mode):
             target = dest / name if dest.is_dir() else dest
             with os.fdopen(os.dup(fd), "rb") as fin, target.open("wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
+                _copyfileobj(fin, fout)
             target.chmod(stat.S_IMODE(st.st_mode))
         else:
             raise ContainerError(f"cp: {src} in {c.name} is not a regular file or directory")
@@ -662,7 +672,7 @@ def _write_into(dst_dir: int, name: str, src: Path) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
     with os.fdopen(fd, "wb") as fout, src.open("rb") as fin:
-        shutil.copyfileobj(fin, fout, 1 << 20)
+        _copyfileobj(fin, fout)
         os.fchmod(fout.fileno(), stat.S_IMODE(st.st_mode))
 
 

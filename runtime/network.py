@@ -2,37 +2,35 @@
 name resolution between containers, and slirp4netns for rootless runs.
 
 State: ``$PYBUILD_ROOT/networks/<id>/{network.json,endpoints.json}``, changed under
-``networks/<id>/lock`` (flock). Host-global choices (bridge names, subnets) are made under
-``/run/pybuild/network.lock``. Every kernel object pybuild creates is named after the
-network or container it belongs to (bridge alias ``pybuild:<id>``, nft tables
-``pybuild_n_<id12>``/``pybuild_c_<id12>``, iptables comments ``pybuild:...``), so teardown
-removes exactly what was added. As with podman's netavark, a network's bridge, address and
-NAT rules exist only while it has endpoints: the first connect brings them up (re-checking
-that the bridge name and subnet are still free on the host), the last disconnect removes
-them, so a deleted store can never leave a bridge behind. Uses the ``ip``, ``nsenter`` and
-``nft``/``iptables`` binaries; stdlib only.
+``networks/<id>/lock`` (flock); host-global choices (bridge names, subnets) under
+``/run/pybuild/network.lock``. Every kernel object is named after its network or container
+(bridge alias ``pybuild:<id>``, nft tables ``pybuild_n_<id12>``/``pybuild_c_<id12>``, iptables
+comments ``pybuild:...``), so teardown removes exactly what was added. As with netavark, a
+bridge and its NAT exist only while the network has endpoints (a deleted store never leaves
+one behind). Links/addresses/routes by rtnetlink (runtime.netlink), rules by one ``nft -f -``
+(or iptables). A detach may leave its kernel side (~15-70 ms) to a detached child that holds
+the network's lock, after recording it in ``teardown.json``: the next user of the network waits
+for it, or finishes it if the child died. Stdlib only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import os
 import re
-import secrets
-import shlex
-import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from registry.store import atomic_write, flocked
-from runtime.containers import PortMapping, rfc3339_nano
+from runtime import netlink
+from runtime.containers import PortMapping, rfc3339_nano, write_atomic
 from runtime.errors import SandboxError
 
 DEFAULT_NETWORK = "bridge"
@@ -98,6 +96,18 @@ def _sysctl(path: str, value: str) -> None:
         raise NetworkError(f"sysctl {path.replace('/', '.')}={value}: {exc.strerror}") from None
 
 
+_WHICH: dict[str, str | None] = {}
+
+
+def _which(tool: str) -> str | None:
+    """shutil.which, asked once per process."""
+    if tool not in _WHICH:
+        import shutil
+
+        _WHICH[tool] = shutil.which(tool)
+    return _WHICH[tool]
+
+
 def netns_path(netns: str | int | os.PathLike[str]) -> str:
     """A network namespace given as a pid (the namespace of that process) or a path."""
     if isinstance(netns, int):
@@ -105,40 +115,62 @@ def netns_path(netns: str | int | os.PathLike[str]) -> str:
     return os.fspath(netns)
 
 
+@contextlib.contextmanager
+def _kernel(what: str, hint: str | None = None) -> Iterator[None]:
+    """Netlink failures as NetworkError("<what>: <why>")."""
+    try:
+        yield
+    except netlink.NetlinkError as exc:
+        raise NetworkError(f"{what}: {exc}", hint=hint) from None
+    except OSError as exc:
+        raise NetworkError(f"{what}: {exc.strerror or exc}", hint=hint) from None
+
+
+@contextlib.contextmanager
+def _rtnl(netns: str | None = None) -> Iterator[netlink.Netlink]:
+    """A rtnetlink socket of this process's network namespace, or of the one at path ``netns``."""
+    if netns is None:
+        with netlink.Netlink() as nl:
+            yield nl
+        return
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netlink.Netlink(fd) as nl:
+            yield nl
+    finally:
+        os.close(fd)
+
+
 def link_exists(name: str, *, netns: str | None = None) -> bool:
-    pre = ["nsenter", f"--net={netns}"] if netns else []
-    return _run([*pre, "ip", "link", "show", "dev", name], check=False).returncode == 0
+    with _kernel(f"look up interface {name}"), _rtnl(netns) as nl:
+        return nl.link(name) is not None
 
 
 def link_alias(name: str) -> str | None:
-    proc = _run(["ip", "-j", "link", "show", "dev", name], check=False)
-    if proc.returncode != 0:
-        return None
-    info = json.loads(proc.stdout or "[]")
-    return str(info[0].get("ifalias", "")) if info else None
+    """The alias of interface ``name`` ("" if it has none), None if there is no such interface."""
+    with _kernel(f"look up interface {name}"), _rtnl() as nl:
+        link = nl.link(name)
+    return None if link is None else link.alias
 
 
 def host_links(prefix: str = "") -> list[str]:
     """Interface names in the host namespace (optionally only those starting with ``prefix``)."""
-    out = json.loads(_run(["ip", "-j", "link", "show"]).stdout or "[]")
-    return sorted(str(i["ifname"]) for i in out if str(i["ifname"]).startswith(prefix))
+    with _kernel("list interfaces"), _rtnl() as nl:
+        return sorted(link.name for link in nl.links() if link.name.startswith(prefix))
 
 
-def _host_prefixes(ignore_dev: str | None = None) -> list[ipaddress.IPv4Network]:
-    """Every IPv4 prefix the host routes or owns (the default route and ``ignore_dev``'s own
-    routes excepted)."""
-    nets: list[ipaddress.IPv4Network] = []
-    for r in json.loads(_run(["ip", "-j", "-4", "route", "show"]).stdout or "[]"):
-        dst = str(r.get("dst", ""))
-        if dst and dst != "default" and r.get("dev") != ignore_dev:
-            with contextlib.suppress(ValueError):
-                nets.append(ipaddress.IPv4Network(dst, strict=False))
-    for link in json.loads(_run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]"):
-        if link.get("ifname") == ignore_dev:
-            continue
-        for a in link.get("addr_info", ()):
-            with contextlib.suppress(ValueError, KeyError):
-                nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
+def _host_prefixes(ignore_dev: str | None = None,
+                   nl: netlink.Netlink | None = None) -> list[ipaddress.IPv4Network]:
+    """Every IPv4 prefix the host routes (main table, as ``ip -4 route`` lists it) or owns
+    (every address, as ``ip -4 addr``), the default route and ``ignore_dev``'s own excepted."""
+    if nl is None:
+        with _kernel("list routes"), _rtnl() as own:
+            return _host_prefixes(ignore_dev, own)
+    with _kernel("list routes"):
+        dev = nl.link(ignore_dev) if ignore_dev else None
+        skip = dev.index if dev is not None else -1
+        nets = [r.network for r in nl.routes() if r.network is not None and r.oif != skip]
+        nets += [a.network for a in nl.addresses() if a.local and a.index != skip]
     return nets
 
 
@@ -168,6 +200,8 @@ def _host_lock() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Network:
+    """A bridge network's record (network.json)."""
+
     id: str
     name: str
     bridge: str
@@ -278,6 +312,8 @@ def parse_publish(spec: str) -> list[PortMapping]:
 
 def _probe_bind(p: PortMapping) -> None:
     """Refuse a host port a real listener already has; pick one when host_port is 0."""
+    import socket
+
     kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         try:
@@ -287,6 +323,8 @@ def _probe_bind(p: PortMapping) -> None:
 
 
 def _free_port(p: PortMapping) -> PortMapping:
+    import socket
+
     kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((p.host_ip or "0.0.0.0", 0))  # noqa: S104
@@ -302,7 +340,53 @@ class Firewall(Protocol):
     def remove_network(self, net: Network) -> None: ...
     def add_ports(self, net: Network, ep: Endpoint) -> None: ...
     def remove_ports(self, container_id: str) -> None: ...
+    def add(self, net: Network, *, network: bool, endpoint: Endpoint | None) -> None: ...
+    def remove(self, net: Network | None, container_ids: Sequence[str]) -> None: ...
     def owned(self) -> list[str]: ...
+
+
+_FORWARD_POLICY: tuple[float, bool] | None = None      # (when asked, FORWARD policy is DROP)
+FORWARD_POLICY_TTL = 60.0
+
+
+def _forward_probe() -> Callable[[], bool]:
+    """Start asking iptables whether its FORWARD policy is DROP (docker sets that); the returned
+    function waits for the answer. Runs alongside the nft exec; answers are kept for a minute
+    per process (attach and detach both ask)."""
+    global _FORWARD_POLICY
+    now = time.monotonic()
+    cached = _FORWARD_POLICY
+    if cached is not None and now - cached[0] < FORWARD_POLICY_TTL:
+        return lambda: cached[1]
+    exe = _which("iptables")
+    if exe is None:
+        return lambda: False
+    try:
+        proc = subprocess.Popen([exe, "-w", "5", "-t", "filter", "-S", "FORWARD"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return lambda: False
+
+    def answer() -> bool:
+        global _FORWARD_POLICY
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+        drops = out.startswith("-P FORWARD DROP")
+        _FORWARD_POLICY = (now, drops)
+        return drops
+
+    return answer
+
+
+def _drop_tables(tables: Sequence[str]) -> None:
+    """Delete nft tables (family ip) in one transaction; a missing table is not an error."""
+    if tables:
+        _run(["nft", "-f", "-"], input="".join(f"add table ip {t}\ndelete table ip {t}\n" for t in tables),
+             check=False)
 
 
 class NftFirewall:
@@ -313,32 +397,67 @@ class NftFirewall:
 
     @staticmethod
     def _apply(script: str, what: str) -> None:
-        _run(["nft", "-f", "-"], input=script, what=what)
+        """Run a script of table definitions, each made idempotent by a preamble: ``add table``
+        + ``flush table`` (a new table costs ~3 ms; ``delete table`` in the same transaction
+        would cost ~12 ms more: a deletion waits for an RCU grace period in the kernel). If
+        that fails (a leftover table whose chains do not match), each table is deleted and
+        defined again, as one transaction too."""
+        tables = re.findall(r"^table ip (\S+) \{", script, flags=re.M)
+        flush = "".join(f"add table ip {t}\nflush table ip {t}\n" for t in tables)
+        proc = _run(["nft", "-f", "-"], input=flush + script, check=False, what=what)
+        if proc.returncode != 0:
+            recreate = "".join(f"add table ip {t}\ndelete table ip {t}\n" for t in tables)
+            _run(["nft", "-f", "-"], input=recreate + script, what=what)
 
-    def add_network(self, net: Network) -> None:
+    @staticmethod
+    def _network_script(net: Network) -> str:
         t = f"pybuild_n_{net.short_id}"
         rules = [f'oifname "{net.bridge}" ip saddr 127.0.0.0/8 masquerade']
         if not net.internal:
             rules.append(f'ip saddr {net.subnet} oifname != "{net.bridge}" masquerade')
         body = "\n    ".join(rules)
-        # re-create atomically: "add" then "delete" then the full definition in one transaction
-        self._apply(f"add table ip {t}\ndelete table ip {t}\n"
-                    f"table ip {t} {{\n  chain postrouting {{\n"
-                    f"    type nat hook postrouting priority srcnat; policy accept;\n    {body}\n  }}\n}}\n",
-                    f"nft: add rules for network {net.name}")
+        return (f"table ip {t} {{\n  chain postrouting {{\n"
+                f"    type nat hook postrouting priority srcnat; policy accept;\n    {body}\n  }}\n}}\n")
+
+    def add_network(self, net: Network) -> None:
+        self.add(net, network=True, endpoint=None)
+
+    def add(self, net: Network, *, network: bool, endpoint: Endpoint | None) -> None:
+        """The network's table (``network``) and ``endpoint``'s published ports, in one nft
+        transaction (one exec)."""
+        ports = endpoint is not None and bool(endpoint.ports)
+        if not network and not ports:
+            return
+        forward_drops = _forward_probe() if network else None      # asked while nft runs
+        script = self._network_script(net) if network else ""
+        if endpoint is not None and ports:
+            script += self._ports_script(endpoint)
+        what = f"nft: add rules for network {net.name}" if network else \
+            f"nft: publish ports of {endpoint.name if endpoint else ''}"
+        self._apply(script, what)
         # an accept in our own table cannot undo a drop in another one: on hosts whose iptables
         # FORWARD policy is DROP (docker installed), the bridge's traffic is accepted there too
-        if _iptables_forward_drops():
+        if forward_drops is not None and forward_drops():
             IptablesFirewall().accept_forward(net)
 
     def remove_network(self, net: Network) -> None:
-        _run(["nft", "delete", "table", "ip", f"pybuild_n_{net.short_id}"], check=False)
-        if shutil.which("iptables"):
+        self.remove(net, ())
+
+    def remove(self, net: Network | None, container_ids: Sequence[str]) -> None:
+        """The port tables of ``container_ids`` and (with ``net``) the network's table, in one
+        nft transaction; then the FORWARD accepts an iptables DROP policy needed, if any."""
+        tables = [f"pybuild_c_{cid[:12]}" for cid in container_ids]
+        if net is not None:
+            tables.append(f"pybuild_n_{net.short_id}")
+        _drop_tables(tables)
+        if net is not None and _which("iptables"):
             IptablesFirewall().remove_forward(net)
 
     def add_ports(self, net: Network, ep: Endpoint) -> None:
-        if not ep.ports:
-            return
+        self.add(net, network=False, endpoint=ep)
+
+    @staticmethod
+    def _ports_script(ep: Endpoint) -> str:
         t = f"pybuild_c_{ep.container_id[:12]}"
         dnat, hair = [], []
         for p in ep.ports:
@@ -347,16 +466,16 @@ class NftFirewall:
             hair.append(f"ip saddr {ep.ip} ip daddr {ep.ip} {p.proto} dport {p.container_port} masquerade")
         d = "\n    ".join(dnat)
         h = "\n    ".join(hair)
-        self._apply(f"add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n"
-                    f"  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n"
-                    f"    {d}\n  }}\n"
-                    f"  chain output {{\n    type nat hook output priority -100; policy accept;\n"
-                    f"    {d}\n  }}\n"
-                    f"  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
-                    f"    {h}\n  }}\n}}\n", f"nft: publish ports of {ep.name}")
+        return (f"table ip {t} {{\n"
+                f"  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n"
+                f"    {d}\n  }}\n"
+                f"  chain output {{\n    type nat hook output priority -100; policy accept;\n"
+                f"    {d}\n  }}\n"
+                f"  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
+                f"    {h}\n  }}\n}}\n")
 
     def remove_ports(self, container_id: str) -> None:
-        _run(["nft", "delete", "table", "ip", f"pybuild_c_{container_id[:12]}"], check=False)
+        _drop_tables([f"pybuild_c_{container_id[:12]}"])
 
     def owned(self) -> list[str]:
         out = _run(["nft", "list", "tables"], check=False).stdout
@@ -379,12 +498,14 @@ class IptablesFirewall:
         if self._ipt("-t", table, "-C", chain, *rule, check=False).returncode != 0:
             self._ipt("-t", table, "-I" if insert else "-A", chain, *rule)
 
-    def _remove_tagged(self, tag: str) -> None:
+    def _remove_tagged(self, *tags: str) -> None:
+        import shlex
+
         for table in ("nat", "filter"):
             listing = self._ipt("-t", table, "-S", check=False).stdout
             for line in listing.splitlines():
                 args = shlex.split(line)
-                if len(args) > 2 and args[0] == "-A" and tag in args:
+                if len(args) > 2 and args[0] == "-A" and any(tag in args for tag in tags):
                     self._ipt("-t", table, "-D", *args[1:], check=False)
 
     def accept_forward(self, net: Network) -> None:
@@ -393,6 +514,8 @@ class IptablesFirewall:
         self._append_once("filter", "FORWARD", ["-o", net.bridge, *tag, "-j", "ACCEPT"], insert=True)
 
     def remove_forward(self, net: Network) -> None:
+        import shlex
+
         tag = f"pybuild:n:{net.short_id}"
         listing = self._ipt("-t", "filter", "-S", "FORWARD", check=False).stdout
         for line in listing.splitlines():
@@ -413,6 +536,12 @@ class IptablesFirewall:
     def remove_network(self, net: Network) -> None:
         self._remove_tagged(f"pybuild:n:{net.short_id}")
 
+    def add(self, net: Network, *, network: bool, endpoint: Endpoint | None) -> None:
+        if network:
+            self.add_network(net)
+        if endpoint is not None:
+            self.add_ports(net, endpoint)
+
     def add_ports(self, net: Network, ep: Endpoint) -> None:
         if not ep.ports:
             return
@@ -431,11 +560,18 @@ class IptablesFirewall:
             self._append_once("nat", hook, ["-m", "addrtype", "--dst-type", "LOCAL", *tag, "-j", chain])
 
     def remove_ports(self, container_id: str) -> None:
-        cid = container_id[:12]
-        self._remove_tagged(f"pybuild:c:{cid}")
-        chain = f"PYBUILD-{cid}"
-        if self._ipt("-t", "nat", "-F", chain, check=False).returncode == 0:
-            self._ipt("-t", "nat", "-X", chain, check=False)
+        self.remove(None, (container_id,))
+
+    def remove(self, net: Network | None, container_ids: Sequence[str]) -> None:
+        tags = [f"pybuild:c:{cid[:12]}" for cid in container_ids]
+        if net is not None:
+            tags.append(f"pybuild:n:{net.short_id}")
+        if tags:
+            self._remove_tagged(*tags)
+        for cid in container_ids:
+            chain = f"PYBUILD-{cid[:12]}"
+            if self._ipt("-t", "nat", "-F", chain, check=False).returncode == 0:
+                self._ipt("-t", "nat", "-X", chain, check=False)
 
     def owned(self) -> list[str]:
         out: list[str] = []
@@ -445,16 +581,12 @@ class IptablesFirewall:
         return out
 
 
-def _iptables_forward_drops() -> bool:
-    if not shutil.which("iptables"):
-        return False
-    listing = _run(["iptables", "-w", "5", "-t", "filter", "-S", "FORWARD"], check=False).stdout
-    return listing.startswith("-P FORWARD DROP")
+_PROBED: list[str] = []          # the backend that works here, once probed (per process)
 
 
 def firewall_backend(name: str | None = None) -> Firewall:
     """The firewall to use: ``name`` or $PYBUILD_FIREWALL if given, else nft when it works here,
-    else iptables."""
+    else iptables (probed once per process)."""
     name = name or os.environ.get("PYBUILD_FIREWALL") or ""
     if name == "nft":
         return NftFirewall()
@@ -462,13 +594,16 @@ def firewall_backend(name: str | None = None) -> Firewall:
         return IptablesFirewall(name)
     if name:
         raise NetworkError(f"unknown firewall backend {name!r}: want nft or iptables")
-    if shutil.which("nft") and _run(["nft", "list", "tables"], check=False).returncode == 0:
-        return NftFirewall()
-    if shutil.which("iptables") and _run(["iptables", "-w", "5", "-t", "nat", "-S"],
+    if not _PROBED:
+        if _which("nft") and _run(["nft", "list", "tables"], check=False).returncode == 0:
+            _PROBED.append("nft")
+        elif _which("iptables") and _run(["iptables", "-w", "5", "-t", "nat", "-S"],
                                          check=False).returncode == 0:
-        return IptablesFirewall()
-    raise NetworkError("bridge networking: neither nft nor iptables works here",
-                       hint="install nftables or iptables, or use --network host|none")
+            _PROBED.append("iptables")
+        else:
+            raise NetworkError("bridge networking: neither nft nor iptables works here",
+                               hint="install nftables or iptables, or use --network host|none")
+    return firewall_backend(_PROBED[0])
 
 
 # -- /etc/hosts for name resolution ---------------------------------------------------------------
@@ -576,7 +711,7 @@ class NetworkStore:
                 if exist_ok:
                     return existing
                 raise NetworkError(f"network with name {name} already exists")
-            nid = secrets.token_hex(32)
+            nid = os.urandom(32).hex()
             fw = firewall_backend(self._firewall_name)
             net_subnet, gw = self._pick_subnet(subnet, gateway)
             net = Network(id=nid, name=name, bridge=bridge or f"pb-{nid[:12]}", subnet=str(net_subnet),
@@ -603,7 +738,8 @@ class NetworkStore:
                                 fixed_bridge=False)
 
     def _pick_subnet(self, subnet: str | None, gateway: str | None, *,
-                     exclude: Network | None = None) -> tuple[ipaddress.IPv4Network, str]:
+                     exclude: Network | None = None,
+                     nl: netlink.Netlink | None = None) -> tuple[ipaddress.IPv4Network, str]:
         taken = [ipaddress.IPv4Network(n.subnet) for n in self.list_all()
                  if exclude is None or n.id != exclude.id]
         if subnet:
@@ -618,7 +754,7 @@ class NetworkStore:
                     raise NetworkError(f"subnet {subnet} overlaps network subnet {t}")
             chosen = want
         else:
-            busy = taken + _host_prefixes(exclude.bridge if exclude is not None else None)
+            busy = taken + _host_prefixes(exclude.bridge if exclude is not None else None, nl)
             for cand in _candidate_subnets():
                 if not any(cand.overlaps(b) for b in busy):
                     chosen = cand
@@ -645,6 +781,7 @@ class NetworkStore:
         if net is None:
             raise NetworkNotFound(ref)
         with flocked(self._dir(net) / "lock"):
+            self._finish_teardown(net)
             eps = self._load_endpoints(net)
             live = {cid: ep for cid, ep in eps.items() if self._endpoint_alive(ep)}
             if live and not force:
@@ -652,6 +789,8 @@ class NetworkStore:
             for ep in eps.values():
                 self._teardown_endpoint(net, ep)
             self.teardown(net)
+            import shutil
+
             shutil.rmtree(self._dir(net), ignore_errors=True)
         return net
 
@@ -674,30 +813,43 @@ class NetworkStore:
     def is_up(self, net: Network) -> bool:
         return link_alias(net.bridge) == f"pybuild:{net.id}"
 
-    def ensure_up(self, net: Network) -> Network:
+    def ensure_up(self, net: Network, *, firewall: bool = True) -> Network:
         """Bridge, gateway address, sysctls and NAT rules, idempotently. When the bridge is not
         up yet, its name and subnet are re-checked against the host first (another store may
-        have taken them meanwhile) and moved when the user did not fix them. Returns the
-        network as brought up (its name/subnet may have changed)."""
-        with _host_lock():
-            alias = link_alias(net.bridge)
-            if alias != f"pybuild:{net.id}":
-                net = self._claim(net, alias)
-            if link_alias(net.bridge) is None:
-                _run(["ip", "link", "add", net.bridge, "type", "bridge"], what=f"create bridge {net.bridge}")
-                _run(["ip", "link", "set", "dev", net.bridge, "alias", f"pybuild:{net.id}"])
-            addrs = json.loads(_run(["ip", "-j", "-4", "addr", "show", "dev", net.bridge]).stdout or "[]")
-            have = {f"{a['local']}/{a['prefixlen']}" for link in addrs for a in link.get("addr_info", ())}
-            want = f"{net.gateway}/{net.prefix_len}"
-            if want not in have:
-                _run(["ip", "addr", "add", want, "dev", net.bridge], what=f"address {want} on {net.bridge}")
-            _run(["ip", "link", "set", "dev", net.bridge, "up"])
-            _sysctl("net/ipv4/ip_forward", "1")
-            _sysctl(f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
+        have taken them meanwhile) and moved when the user did not fix them. ``firewall=False``
+        skips re-applying the network's rules when the bridge was up already (they came up
+        with it). Returns the network as brought up (its name/subnet may have changed)."""
+        net, rules_due = self._bring_up(net)
+        if rules_due or firewall:
             self._fw(net).add_network(net)
         return net
 
-    def _claim(self, net: Network, alias: str | None) -> Network:
+    def _bring_up(self, net: Network) -> tuple[Network, bool]:
+        """ensure_up without the firewall: the network (maybe moved) and whether the bridge
+        was created now (its rules are then due)."""
+        ours = f"pybuild:{net.id}"
+        with _host_lock(), _kernel(f"bring up network {net.name}"), _rtnl() as nl:
+            link = nl.link(net.bridge)
+            if link is None or link.alias != ours:
+                net = self._claim(net, None if link is None else link.alias, nl)
+                link = nl.link(net.bridge)
+            created = link is None
+            if link is None:
+                nl.create_bridge(net.bridge, up=True)
+                link = nl.link(net.bridge)
+                if link is None:
+                    raise NetworkError(f"bring up network {net.name}: bridge {net.bridge} vanished")
+                nl.set_link(link.index, alias=ours)
+            if created or not any(a.local == net.gateway and a.prefixlen == net.prefix_len
+                                  for a in nl.addresses(link.index)):
+                nl.add_address(link.index, net.gateway, net.prefix_len)
+            if not link.up:
+                nl.set_link(link.index, up=True)
+        _sysctl("net/ipv4/ip_forward", "1")
+        _sysctl(f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
+        return net, created
+
+    def _claim(self, net: Network, alias: str | None, nl: netlink.Netlink) -> Network:
         """Make sure a not-yet-up network can come up: a free bridge name, a free subnet."""
         changed = False
         if alias is not None:                       # the name is someone else's interface
@@ -707,7 +859,7 @@ class NetworkStore:
             base = re.sub(r"\d+$", "", net.bridge) or "pybuild"
             for n in range(1, 256):
                 name = f"{base}{n}"[:IFNAME_MAX]
-                if link_alias(name) is None:
+                if nl.link(name) is None:
                     net = replace(net, bridge=name)
                     changed = True
                     break
@@ -715,24 +867,27 @@ class NetworkStore:
                 raise NetworkError(f"network {net.name}: no free bridge name",
                                    hint="set PYBUILD_BRIDGE to an unused interface name")
         subnet = ipaddress.IPv4Network(net.subnet)
-        if any(subnet.overlaps(p) for p in _host_prefixes(net.bridge)):
+        if any(subnet.overlaps(p) for p in _host_prefixes(net.bridge, nl)):
             if net.fixed_subnet:
                 raise NetworkError(f"network {net.name}: subnet {net.subnet} is now used on this host",
                                    hint="remove the other user of the subnet, or re-create the network")
             if self._load_endpoints(net):
                 raise NetworkError(f"network {net.name}: subnet {net.subnet} collides with a host route")
-            chosen, gw = self._pick_subnet(None, None, exclude=net)
+            chosen, gw = self._pick_subnet(None, None, exclude=net, nl=nl)
             net = replace(net, subnet=str(chosen), gateway=gw)
             changed = True
         if changed:
             self._save(net)
         return net
 
-    def teardown(self, net: Network) -> None:
-        """Remove the bridge (with its address and routes) and the network's rules."""
-        self._fw(net).remove_network(net)
-        if link_alias(net.bridge) == f"pybuild:{net.id}":
-            _run(["ip", "link", "del", "dev", net.bridge], check=False)
+    def teardown(self, net: Network, *, container_ids: Sequence[str] = ()) -> None:
+        """Remove the network's rules (and the port rules of ``container_ids``, in the same
+        firewall transaction) and its bridge, with the bridge's address and routes."""
+        self._fw(net).remove(net, container_ids)
+        with _kernel(f"remove bridge {net.bridge}"), _rtnl() as nl:
+            link = nl.link(net.bridge)
+            if link is not None and link.alias == f"pybuild:{net.id}":
+                nl.delete_link(index=link.index)
 
     # -- endpoints
     def _load_endpoints(self, net: Network) -> dict[str, Endpoint]:
@@ -740,11 +895,14 @@ class NetworkStore:
             raw = json.loads((self._dir(net) / "endpoints.json").read_bytes())
         except FileNotFoundError:
             return {}
+        except ValueError:
+            return {}       # torn by a power loss (not fsynced): every endpoint died with the host
         return {cid: Endpoint.from_dict(e) for cid, e in raw.items()}
 
     def _save_endpoints(self, net: Network, eps: Mapping[str, Endpoint]) -> None:
-        atomic_write(self._dir(net) / "endpoints.json",
-                     json.dumps({k: v.to_dict() for k, v in eps.items()}, indent=1).encode())
+        # not fsynced: endpoints are runtime state (after a power loss every one of them is gone)
+        write_atomic(self._dir(net) / "endpoints.json",
+                     json.dumps({k: v.to_dict() for k, v in eps.items()}, indent=1).encode(), durable=False)
 
     def endpoints(self, net: Network) -> list[Endpoint]:
         return list(self._load_endpoints(net).values())
@@ -761,6 +919,8 @@ class NetworkStore:
         return out
 
     def _check_ports(self, cid: str, ports: Sequence[PortMapping]) -> tuple[PortMapping, ...]:
+        if not ports:
+            return ()
         taken = [(c, p) for c, p in self._all_ports() if c != cid]
         chosen: list[PortMapping] = []
         for p in ports:
@@ -783,15 +943,30 @@ class NetworkStore:
         published ports, and hosts entries for the peers. Undone by :meth:`disconnect`."""
         net = self.get(ref)
         path = netns_path(netns)
-        if not Path(path).exists():
-            raise NetworkError(f"connect {container_id[:12]} to {net.name}: no network namespace at {path}")
+        try:
+            ns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise NetworkError(f"connect {container_id[:12]} to {net.name}: no network namespace at {path}"
+                               ) from None
+        try:
+            return self._connect(net, container_id, ns_fd, path, name=name, aliases=aliases, ports=ports,
+                                 hosts_file=hosts_file, hostname=hostname, ifname=ifname)
+        finally:
+            os.close(ns_fd)
+
+    def _connect(self, net: Network, container_id: str, ns_fd: int, path: str, *, name: str,
+                 aliases: Iterable[str], ports: Sequence[PortMapping],
+                 hosts_file: str | os.PathLike[str] | None, hostname: str, ifname: str) -> Endpoint:
         host_veth = f"pbv{container_id[:12]}"
         with flocked(self._dir(net) / "lock"):
-            net = self.ensure_up(self.find(net.id) or net)
+            self._finish_teardown(net)
+            net = self.find(net.id) or net
             eps = self._load_endpoints(net)
             old = eps.pop(container_id, None)
             if old is not None:
                 self._teardown_endpoint(net, old)
+            net, created = self._bring_up(net)
+            rules_due = created or not eps      # the network's rules come up with its first endpoint
             try:
                 ports_ok = self._check_ports(container_id, ports)
             except BaseException:
@@ -806,8 +981,8 @@ class NetworkStore:
             eps[container_id] = ep
             self._save_endpoints(net, eps)   # the address is reserved before any kernel object
             try:
-                self._plumb(net, ep, path, ifname)
-                self._fw(net).add_ports(net, ep)
+                self._plumb(net, ep, ns_fd, ifname)
+                self._fw(net).add(net, network=rules_due, endpoint=ep)      # one nft exec at most
             except BaseException:
                 self._teardown_endpoint(net, ep)
                 eps.pop(container_id, None)
@@ -826,49 +1001,125 @@ class NetworkStore:
         raise NetworkError(f"network {net.name}: no free address left in {net.subnet}")
 
     @staticmethod
-    def _plumb(net: Network, ep: Endpoint, path: str, ifname: str) -> None:
-        if link_exists(ep.host_veth):
-            _run(["ip", "link", "del", "dev", ep.host_veth], check=False)
-        # created from inside the namespace so the container end never appears on the host
-        _run(["nsenter", f"--net={path}", "ip", "link", "add", ifname, "address", ep.mac, "type", "veth",
-              "peer", "name", ep.host_veth, "netns", str(os.getpid())],
-             what=f"create veth for {ep.name}")
-        _run(["ip", "-batch", "-"], input=(f"link set dev {ep.host_veth} master {net.bridge}\n"
-                                           f"link set dev {ep.host_veth} type bridge_slave hairpin on\n"
-                                           f"link set dev {ep.host_veth} up\n"),
-             what=f"attach {ep.host_veth} to {net.bridge}")
-        _run(["nsenter", f"--net={path}", "ip", "-batch", "-"],
-             input=(f"link set dev lo up\naddr add {ep.ip}/{net.prefix_len} dev {ifname}\n"
-                    f"link set dev {ifname} up\nroute add default via {net.gateway}\n"),
-             what=f"configure {ifname} of {ep.name}")
+    def _plumb(net: Network, ep: Endpoint, ns_fd: int, ifname: str) -> None:
+        """The veth pair, by rtnetlink: the container's end is created directly inside its
+        namespace (it never appears on the host), the host's end on the bridge; then, through
+        a socket of the container's namespace: lo and ``ifname`` up, the address, the route."""
+        with _kernel(f"create veth for {ep.name}"), _rtnl() as nl:
+            bridge = nl.link(net.bridge)
+            if bridge is None:
+                raise NetworkError(f"create veth for {ep.name}: bridge {net.bridge} is gone")
+            for attempt in (1, 2):
+                try:
+                    nl.create_veth(ep.host_veth, ifname, peer_netns_fd=ns_fd, peer_mac=ep.mac,
+                                   master=bridge.index, up=True)
+                    break
+                except netlink.NetlinkError as exc:
+                    if exc.errno != errno.EEXIST or attempt == 2:
+                        raise
+                    nl.delete_link(name=ep.host_veth)      # left by a run that died
+            veth = nl.link(ep.host_veth)
+            if veth is None:
+                raise NetworkError(f"create veth for {ep.name}: {ep.host_veth} vanished")
+            nl.set_hairpin(veth.index, True)
+        with _kernel(f"configure {ifname} of {ep.name}"), netlink.Netlink(ns_fd) as inner:
+            inner.set_link(netlink.LOOPBACK_IFINDEX, up=True)
+            dev = inner.link(ifname)
+            if dev is None:
+                raise NetworkError(f"configure {ifname} of {ep.name}: no {ifname} in the namespace")
+            inner.set_link(dev.index, up=True)
+            inner.add_address(dev.index, ep.ip, net.prefix_len)
+            inner.add_default_route(net.gateway, oif=dev.index)
 
     def _teardown_endpoint(self, net: Network, ep: Endpoint) -> None:
-        self._fw(net).remove_ports(ep.container_id)
-        if link_exists(ep.host_veth):
-            _run(["ip", "link", "del", "dev", ep.host_veth], check=False)
+        if ep.ports:
+            self._fw(net).remove_ports(ep.container_id)
+        with _kernel(f"remove {ep.host_veth}"), _rtnl() as nl:
+            nl.delete_link(name=ep.host_veth)
         if ep.hosts_file:
             _rewrite_hosts(Path(ep.hosts_file), [], own_name=ep.hostname)
 
-    def disconnect(self, ref: str, container_id: str) -> bool:
-        """Detach a container: veth, rules, address and peers' hosts entries. Idempotent."""
+    # -- detaching, possibly in the background
+    def _pending_path(self, net: Network) -> Path:
+        return self._dir(net) / "teardown.json"
+
+    def _finish_teardown(self, net: Network) -> None:
+        """Under the network lock: finish a teardown that a detached child recorded but did not
+        complete (it was killed). Nothing to do in the usual case (one stat)."""
+        path = self._pending_path(net)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            doc = json.loads(raw)
+            eps = [Endpoint.from_dict(e) for e in doc.get("endpoints", ())]
+            whole = bool(doc.get("network"))
+        except (ValueError, TypeError, AttributeError):
+            eps, whole = [], True
+        self._kernel_teardown(net, eps, whole and not self._load_endpoints(net))
+        path.unlink(missing_ok=True)
+
+    def _kernel_teardown(self, net: Network, eps: Sequence[Endpoint], whole: bool) -> None:
+        """The kernel side of detaching ``eps``: their port rules and veths; with ``whole``
+        (no endpoint left) also the network's rules and its bridge. Idempotent."""
+        published = [ep.container_id for ep in eps if ep.ports]
+        if whole:
+            self._fw(net).remove(net, published)
+        elif published:
+            self._fw(net).remove(None, published)
+        with _kernel(f"detach from network {net.name}"), _rtnl() as nl:
+            for ep in eps:
+                nl.delete_link(name=ep.host_veth)
+            if whole:
+                link = nl.link(net.bridge)
+                if link is not None and link.alias == f"pybuild:{net.id}":
+                    nl.delete_link(index=link.index)
+
+    def disconnect(self, ref: str, container_id: str, *, background: bool = False) -> bool:
+        """Detach a container: veth, rules, address and peers' hosts entries. Idempotent.
+        ``background``: the records and hosts files are updated now, the kernel objects are
+        removed by a detached child that holds the network's lock until it is done."""
         net = self.find(ref)
-        if net is None:
-            return False
-        with flocked(self._dir(net) / "lock"):
+        if net is None or container_id not in self._load_endpoints(net):
+            return False               # (endpoints are added only by the container's own attach)
+        with flocked(self._dir(net) / "lock") as lock_fd:
+            self._finish_teardown(net)
             eps = self._load_endpoints(net)
             ep = eps.pop(container_id, None)
             if ep is None:
                 return False
-            self._teardown_endpoint(net, ep)
+            whole = not eps
+            pending = self._pending_path(net)
+            write_atomic(pending, json.dumps({"endpoints": [ep.to_dict()], "network": whole}).encode(),
+                         durable=False)
             self._save_endpoints(net, eps)
             self._refresh_hosts(net, eps)
-            if not eps:
-                self.teardown(net)
+            if ep.hosts_file:
+                _rewrite_hosts(Path(ep.hosts_file), [], own_name=ep.hostname)
+
+            def work() -> None:
+                self._kernel_teardown(net, [ep], whole)
+                pending.unlink(missing_ok=True)
+
+            if not (background and _detached(work, lock_fd, self._dir(net) / "teardown.log")):
+                work()
             return True
 
-    def disconnect_all(self, container_id: str) -> list[str]:
+    def disconnect_all(self, container_id: str, *, background: bool = False) -> list[str]:
         """Detach a container from every network it is on; returns the network names."""
-        return [net.name for net in self.list_all() if self.disconnect(net.id, container_id)]
+        return [net.name for net in self.list_all()
+                if self.disconnect(net.id, container_id, background=background)]
+
+    def settle(self, ref: str | None = None) -> None:
+        """Wait until no background teardown runs on network ``ref`` (every network if None),
+        and finish one whose child died."""
+        nets = self.list_all() if ref is None else [n for n in [self.find(ref)] if n is not None]
+        for net in nets:
+            if not self._dir(net).is_dir():
+                continue
+            with flocked(self._dir(net) / "lock"):
+                self._finish_teardown(net)
 
     def endpoint_of(self, container_id: str) -> list[tuple[Network, Endpoint]]:
         out = []
@@ -899,6 +1150,7 @@ class NetworkStore:
         gone = []
         for net in self.list_all():
             with flocked(self._dir(net) / "lock"):
+                self._finish_teardown(net)
                 eps = self._load_endpoints(net)
                 dead = [cid for cid, ep in eps.items() if not Path(ep.netns).exists()]
                 for cid in dead:
@@ -910,6 +1162,57 @@ class NetworkStore:
                     self.teardown(net)
                 gone += dead
         return gone
+
+
+def _detached(work: Callable[[], None], lock_fd: int, log: Path) -> bool:
+    """Run ``work`` in a grandchild in a session of its own that keeps ``lock_fd`` (the network's
+    flock, so the next user of the network waits for it) and closes every other inherited fd
+    (a caller's pipes or locks must not outlive the caller because of it). True once started;
+    False if fork failed, and the caller does the work itself."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)              # the intermediate exits at once
+        return True
+    code = 1
+    try:
+        os.setsid()
+        with contextlib.suppress(OSError):
+            if os.fork():
+                os._exit(0)
+        # (fork failed: this intermediate does the work, and the caller waits for it)
+        _worker_setup(lock_fd)
+        try:
+            work()
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - nobody to raise to: leave a note
+            with contextlib.suppress(OSError), log.open("a") as f:
+                f.write(f"{rfc3339_nano()} teardown failed: {exc}\n")
+    finally:
+        os._exit(code)
+
+
+def _worker_setup(keep: int) -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD,
+                signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    with os.scandir("/proc/self/fd") as it:
+        open_fds = [int(entry.name) for entry in it]
+    for fd in open_fds:
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 # -- rootless: slirp4netns ------------------------------------------------------------------------
@@ -929,6 +1232,8 @@ class Slirp:
         req = {"execute": "add_hostfwd",
                "arguments": {"proto": p.proto, "host_addr": p.host_ip or "0.0.0.0",  # noqa: S104
                              "host_port": p.host_port, "guest_port": p.container_port}}
+        import socket
+
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
             s.connect(str(self.api_socket))
@@ -959,7 +1264,7 @@ def start_slirp4netns(netns: str | int | os.PathLike[str], api_socket: Path, *,
                       mtu: int = 65520, timeout: float = 10.0) -> Slirp:
     """User-mode networking for a namespace we may not plumb veths into (rootless runs).
     The guest gets 10.0.2.100/24 via tap0, gateway 10.0.2.2, DNS 10.0.2.3."""
-    exe = shutil.which("slirp4netns")
+    exe = _which("slirp4netns")
     if exe is None:
         raise NetworkError("rootless networking needs slirp4netns, which is not installed",
                            hint="install slirp4netns, or run with --network host or --network none")
@@ -1064,8 +1369,16 @@ def attach_container(store_root: Path, c: Any, pid: int) -> Attachment:
     return Attachment({net.name: {**ep.settings(net), "Ports": _ports_json(ep.ports)}})
 
 
-def detach_container(store_root: Path, c: Any) -> list[str]:
-    """Undo attach_container for every network (idempotent; safe after a crash)."""
+def detach_container(store_root: Path, c: Any, *, wait: bool = False) -> list[str]:
+    """Undo attach_container for every network (idempotent; safe after a crash). The kernel
+    side runs in the background (see NetworkStore.disconnect) unless ``wait``: then it is done
+    before this returns, and so is any background teardown of the container's network (an
+    exited monitor's), so nothing of the container is left on the host (`rm`)."""
     if not (store_root / "networks").is_dir() or os.geteuid() != 0:
         return []
-    return NetworkStore(store_root / "networks").disconnect_all(c.id)
+    store = NetworkStore(store_root / "networks")
+    names = store.disconnect_all(c.id, background=not wait)
+    if wait:
+        mode = getattr(getattr(c, "record", None), "network", "") or ""
+        store.settle(mode if mode not in ("", "none", "host") else None)
+    return names

@@ -133,27 +133,6 @@ def _token(nbytes: int) -> str:
     return os.urandom(nbytes).hex()
 
 
-def _write_file(path: Path, data: bytes, *, durable: bool) -> None:
-    """Replace ``path`` atomically; ``durable`` adds the fsyncs (registry.store.atomic_write)."""
-    if durable:
-        atomic_write(path, data)
-        return
-    tmp = path.with_name(f".{path.name}.{_token(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def _log() -> Any:
     import logging
 
@@ -230,7 +209,7 @@ class _Base:
                "driver": self.driver}
         if info.ephemeral:
             doc["ephemeral"] = True
-        _write_file(self._dir(info.id) / "meta.json", json.dumps(doc, sort_keys=True).encode(),
+        atomic_write(self._dir(info.id) / "meta.json", json.dumps(doc, sort_keys=True).encode(),
                     durable=not info.ephemeral)
 
     def stat(self, key: str) -> SnapshotInfo:
@@ -275,8 +254,8 @@ class _Base:
         return [self._dir(i.id) / "fs" for i in self.chain(key)[1:]]
 
     # -- creation
-    def _new(self, key: str, parent: str | None, kind: Kind, labels: dict[str, str] | None,
-             fill: object = None, *, ephemeral: bool = False) -> SnapshotInfo:
+    def _new(self, key: str, parent: str | None, kind: Kind, labels: dict[str, str] | None, *,
+             ephemeral: bool = False) -> SnapshotInfo:
         if not key:
             raise SnapshotError("snapshot key must not be empty")
         if parent is not None:
@@ -323,7 +302,7 @@ class _Base:
             sid = 1
         while self._dir(sid).exists():
             sid += 1
-        _write_file(counter, str(sid + 1).encode(), durable=durable)
+        atomic_write(counter, str(sid + 1).encode(), durable=durable)
         return sid
 
     def prepare(self, key: str, parent: str | None = None, *,
@@ -576,36 +555,6 @@ def overlay_supported() -> bool:
 
 
 # -- copying trees ------------------------------------------------------------------------------
-_FICLONE = 0x40049409
-
-
-def _copy_data(src: int, dst: int, size: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.ioctl(dst, _FICLONE, src)
-        return
-    except OSError:
-        pass
-    left = size
-    try:
-        while left > 0:
-            n = os.copy_file_range(src, dst, min(left, 1 << 30))
-            if n == 0:
-                break
-            left -= n
-        if left <= 0:
-            return
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    while True:
-        chunk = os.read(src, 1 << 20)
-        if not chunk:
-            return
-        os.write(dst, chunk)
-
-
 def _copy_xattrs(src: int | str, dst: int | str) -> None:
     try:
         names = os.listxattr(src) if isinstance(src, int) else os.listxattr(src, follow_symlinks=False)
@@ -651,6 +600,8 @@ def _copy_meta_fd(sfd: int, dfd: int) -> None:
 
 def _copy_dir(sfd: int, dfd: int, links: dict[tuple[int, int], tuple[int, str]],
               keep: list[int]) -> None:
+    from runtime import _syscalls
+
     with os.scandir(sfd) as it:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
@@ -679,7 +630,7 @@ def _copy_dir(sfd: int, dfd: int, links: dict[tuple[int, int], tuple[int, str]],
                             0o600, dir_fd=dfd)
                 try:
                     if st.st_size:
-                        _copy_data(s, d, st.st_size)
+                        _syscalls.copy_file_data(s, d, st.st_size)
                     with contextlib.suppress(PermissionError):
                         os.fchown(d, st.st_uid, st.st_gid)
                     os.fchmod(d, stat.S_IMODE(mode))
@@ -742,30 +693,12 @@ def _make_writable(path: Path) -> None:
 
 
 # -- mounting (inside the sandbox's mount namespace) --------------------------------------------
-_NR_OPEN_TREE, _NR_MOVE_MOUNT, _NR_FSOPEN, _NR_FSCONFIG, _NR_FSMOUNT = 428, 429, 430, 431, 432
-_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOUNT_ATTR_RDONLY = 0x1
-
-
-def _sys(nr: int, *args: object) -> int:
-    import ctypes
-
-    from runtime import _syscalls
-
-    rv = int(_syscalls._syscall(nr, *args))
-    if rv < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return rv
-
-
 def _mount_overlay_fsconfig(options: Sequence[str], target: str) -> None:
     """overlayfs through the new mount API: one fsconfig call per option and per lower layer
     ('lowerdir+', Linux >= 6.8), so a 500-layer stack has no page-size limit."""
-    import ctypes
+    from runtime import _syscalls as sc
 
-    fs = _sys(_NR_FSOPEN, b"overlay", ctypes.c_uint(1))        # FSOPEN_CLOEXEC
+    fs = sc.fsopen("overlay")
     try:
         readonly = False
         for opt in options:
@@ -775,23 +708,17 @@ def _mount_overlay_fsconfig(options: Sequence[str], target: str) -> None:
                 continue
             if key == "lowerdir":
                 for layer in _split_unescaped(value, ":"):
-                    _sys(_NR_FSCONFIG, ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_SET_STRING),
-                         b"lowerdir+", os.fsencode(_unescape(layer)), ctypes.c_int(0))
+                    sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, "lowerdir+", _unescape(layer))
             elif sep:
-                _sys(_NR_FSCONFIG, ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_SET_STRING),
-                     key.encode(), os.fsencode(_unescape(value)), ctypes.c_int(0))
+                sc.fsconfig(fs, sc.FSCONFIG_SET_STRING, key, _unescape(value))
             else:
-                _sys(_NR_FSCONFIG, ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_SET_FLAG),
-                     key.encode(), None, ctypes.c_int(0))
-        _sys(_NR_FSCONFIG, ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_CMD_CREATE), None, None,
-             ctypes.c_int(0))
-        mnt = _sys(_NR_FSMOUNT, ctypes.c_int(fs), ctypes.c_uint(1),
-                   ctypes.c_uint(_MOUNT_ATTR_RDONLY if readonly else 0))
+                sc.fsconfig(fs, sc.FSCONFIG_SET_FLAG, key)
+        sc.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
+        mnt = sc.fsmount(fs, sc.FSMOUNT_CLOEXEC, sc.MOUNT_ATTR_RDONLY if readonly else 0)
     finally:
         os.close(fs)
     try:
-        _sys(_NR_MOVE_MOUNT, ctypes.c_int(mnt), b"", ctypes.c_int(-100), os.fsencode(target),
-             ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH))
+        sc.move_mount(mnt, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
     finally:
         os.close(mnt)
 

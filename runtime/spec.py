@@ -129,10 +129,6 @@ def parse_env_arg(item: str, host_env: Mapping[str, str]) -> str | None:
     return f"{item}={host_env[item]}" if item in host_env else None
 
 
-_BIND_OPTS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave", "rslave",
-              "nocopy", "bind", "rbind", "nosuid", "nodev", "noexec", "suid", "dev", "exec"}
-
-
 def bind_mount(source: str, destination: str, *, readonly: bool = False,
                options: Sequence[str] = ()) -> dict[str, Any]:
     opts = ["rbind"] + [o for o in options if o not in ("ro", "rw", "z", "Z", "nocopy")]
@@ -148,22 +144,6 @@ def tmpfs_mount(destination: str, options: Sequence[str] = ()) -> dict[str, Any]
         else:
             opts.append(o)
     return {"destination": destination, "type": "tmpfs", "source": "tmpfs", "options": opts}
-
-
-def parse_volume(text: str) -> tuple[str, str, bool, list[str]]:
-    """``-v HOST:CTR[:opts]`` -> (host, container, readonly, extra options). A bare ``/ctr`` or a
-    named volume is returned with host "" / the name (the caller decides what to do)."""
-    parts = text.split(":")
-    if len(parts) == 1:
-        return "", _abs_dest(parts[0]), False, []
-    if len(parts) > 3:
-        raise SpecError(f"invalid volume {text!r}: want HOST:CONTAINER[:OPTIONS]")
-    host, ctr = parts[0], parts[1]
-    opts = parts[2].split(",") if len(parts) == 3 and parts[2] else []
-    bad = [o for o in opts if o not in _BIND_OPTS]
-    if bad:
-        raise SpecError(f"invalid volume {text!r}: unknown option {bad[0]!r}")
-    return host, _abs_dest(ctr), "ro" in opts, [o for o in opts if o not in ("ro", "rw")]
 
 
 def parse_mount(text: str) -> dict[str, Any]:

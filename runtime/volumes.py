@@ -13,8 +13,6 @@ import errno
 import json
 import os
 import re
-import secrets
-import shutil
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -111,7 +109,7 @@ class VolumeStore:
         """Create a volume (a random 64-hex name when ``name`` is None). Creating an existing
         named volume returns it, as docker does."""
         if name is None:
-            name, anonymous = secrets.token_hex(32), True
+            name, anonymous = os.urandom(32).hex(), True
         if not NAME_RE.match(name) or len(name) > 255:
             raise VolumeError(f"invalid volume name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] allowed, "
                               "at least 2 characters")
@@ -137,11 +135,13 @@ class VolumeStore:
         if users and not force:
             raise VolumeInUse(name, users)
         with flocked(self.root / "lock"):
-            trash = self.root / f".rm-{vol.name}-{secrets.token_hex(4)}"
+            trash = self.root / f".rm-{vol.name}-{os.urandom(4).hex()}"
             try:
                 (self.root / vol.name).rename(trash)
             except FileNotFoundError:
                 return
+            import shutil
+
             shutil.rmtree(trash, ignore_errors=True)
 
     def prune(self, in_use: Mapping[str, Sequence[str]], *, all_volumes: bool = False) -> list[str]:
@@ -201,6 +201,8 @@ def copy_tree(src: Path, dst: Path) -> None:
                 if st.st_nlink > 1 and key in links:
                     os.link(links[key], dp)
                     continue
+                import shutil
+
                 shutil.copyfile(sp, dp, follow_symlinks=False)
                 if st.st_nlink > 1:
                     links[key] = dp

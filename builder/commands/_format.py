@@ -1,7 +1,7 @@
-"""Output helpers shared by the CLI verbs: docker's human sizes and durations, its aligned
-tables (tabwriter: min width 10, padding 3), and a small subset of Go templates for
+"""Output helpers shared by the CLI verbs: docker's human sizes and durations (registry.timefmt),
+its aligned tables (tabwriter: min width 10, padding 3), and a subset of Go templates for
 ``--format`` (``table``, ``{{.Field}}``, ``{{.A.B}}``, ``{{json .}}``, ``{{json .Field}}``).
-Pure functions; stdlib only (no click), so commands and tests can use them alike.
+Pure functions; stdlib and registry.timefmt only (no click), so commands and tests share them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from registry.timefmt import human_duration as human_duration  # re-exported for the verbs
 
 _DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 
@@ -25,32 +27,13 @@ def human_size(size: float) -> str:
     return f"{value:.3g}{_DECIMAL[i]}"
 
 
-def human_duration(seconds: float) -> str:
-    """docker's units.HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
+def short_size(n: float) -> str:
+    """Progress lines' sizes: decimal units with one decimal ("512B", "1.5kB", "120.3MB")."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n:.1f}GB"
 
 
 def since(when: datetime | None, now: datetime | None = None) -> str:

@@ -16,7 +16,7 @@ import click
 from builder.commands import Globals, pass_globals, returns_code
 
 if TYPE_CHECKING:
-    from registry.archive import SaveItem
+    from registry.archive import Format, SaveItem
     from registry.store import DirStore
 
 
@@ -84,7 +84,7 @@ def _repo_of(name: str) -> str | None:
               default="docker-archive", show_default=True, help="Archive format.")
 @pass_globals
 @returns_code
-def save(g: Globals, images: tuple[str, ...], output: str | None, fmt: str) -> int:
+def save(g: Globals, images: tuple[str, ...], output: str | None, fmt: Format) -> int:
     """Save one or more images to a tar archive (streamed to STDOUT by default)."""
     from registry.archive import save as save_archive
     from registry.archive import save_to_path
@@ -93,7 +93,7 @@ def save(g: Globals, images: tuple[str, ...], output: str | None, fmt: str) -> i
     items = _save_items(store, images)
     if output and output != "-":
         try:
-            save_to_path(store, items, Path(output), fmt=fmt)  # type: ignore[arg-type]
+            save_to_path(store, items, Path(output), fmt=fmt)
         except OSError as exc:
             click.echo(f"error: save {output}: {exc.strerror or exc}", err=True)
             return 1
@@ -103,7 +103,7 @@ def save(g: Globals, images: tuple[str, ...], output: str | None, fmt: str) -> i
         click.echo("error: cowardly refusing to save to a terminal; use the -o flag or redirect",
                    err=True)
         return 1
-    save_archive(store, items, out, fmt=fmt)  # type: ignore[arg-type]
+    save_archive(store, items, out, fmt=fmt)
     out.flush()
     return 0
 

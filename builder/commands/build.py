@@ -17,6 +17,7 @@ from builder.commands import Globals, pass_globals, returns_code
 
 if TYPE_CHECKING:
     from builder.progress import Progress
+    from registry.compression import Codec
 
 
 # -- pybuild context ---------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def build(g: Globals, context_dir: str, tags: tuple[str, ...], dockerfile: str |
           iidfile: str | None, metadata_file: str | None, outputs: tuple[str, ...], push: bool,
           cache_to: tuple[str, ...], cache_from: tuple[str, ...], progress_mode: str, quiet: bool,
           no_cache: bool, no_cache_filter: tuple[str, ...], pull: bool, explain_cache: bool,
-          build_contexts: tuple[str, ...], compression: str) -> int:
+          build_contexts: tuple[str, ...], compression: Codec) -> int:
     """Build an image from a Dockerfile and a context directory.
 
     Progress goes to stderr; stdout gets the image ID only.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from builder.commands import Globals, pass_globals, returns_code
+from builder.commands._format import short_size
 
 if TYPE_CHECKING:
     from builder.records import BuildRecord, Records
@@ -114,7 +115,8 @@ def show(g: Globals, build_id: str | None, last: bool, fmt: str) -> int:
     click.echo("")
     for s in rec.steps:
         key = s.key[7:19] if s.key else "-"
-        layer = f"{s.layer[7:19]} {_size(s.layer_size)}" if s.layer else "-"
+        size = short_size(s.layer_size) if s.layer_size is not None else ""
+        layer = f"{s.layer[7:19]} {size}" if s.layer else "-"
         stage = f"{s.stage} " if s.stage else ""
         click.echo(f"#{s.index:<3} {s.status:<7} {s.duration:6.2f}s  key {key:<12}  layer {layer:<20} "
                    f"[{stage}{s.stage_step}] {s.instruction}")
@@ -124,17 +126,6 @@ def show(g: Globals, build_id: str | None, last: bool, fmt: str) -> int:
             click.echo(f"       exit code {s.exit_code}; full output: pybuild builds logs {rec.id} "
                        f"--step {s.index}")
     return 0
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return ""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{n}B"
 
 
 @builds.command("logs")

@@ -14,29 +14,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from builder.commands import Globals
+from builder.commands._optable import FLAG, MULTI, VALUE, Arg, Opt, Verb, click_command
+from builder.commands._optable import fast_parse as _fast_parse
 
-_CTX = {"help_option_names": ["--help"],      # -h is --hostname, as in docker
-        "allow_interspersed_args": False}     # everything after IMAGE belongs to the command
-
-FLAG, VALUE, MULTI = "flag", "value", "multi"
-
-
-class Opt:
-    """One option of `run`: its spellings, click's parameter name, and how it takes values.
-    ``type``: "str", "int", "choice" (``choices``), "file" (click.Path(dir_okay=False))."""
-
-    __slots__ = ("choices", "decls", "default", "dest", "help", "kind", "show_default", "type")
-
-    def __init__(self, decls: tuple[str, ...], dest: str, kind: str, help: str, *,  # noqa: A002
-                 default: Any = None, type: str = "str",  # noqa: A002
-                 choices: tuple[str, ...] = (), show_default: bool = False) -> None:
-        self.decls, self.dest, self.kind, self.help = decls, dest, kind, help
-        self.default = () if kind == MULTI else (False if kind == FLAG else default)
-        self.type, self.choices, self.show_default = type, choices, show_default
-
+if TYPE_CHECKING:
+    from runtime.run import RunRequest
+    from runtime.sandbox import Child
 
 OPTIONS: tuple[Opt, ...] = (
     Opt(("--rm",), "rm", FLAG, "Remove the container when it exits."),
@@ -85,36 +72,20 @@ OPTIONS: tuple[Opt, ...] = (
 )
 
 
+RUN = Verb("run", OPTIONS, (Arg("image"), Arg("command", nargs=-1)), interspersed=False)
+
+
 def _build_command() -> Any:
     """The click command (imports click): for --help, bad flags and unusual command lines."""
-    import click
-
     from builder.commands import pass_globals, returns_code
 
     def run(g: Globals, image: str, command: tuple[str, ...], **flags: Any) -> int:
         """Run a command in a new container."""
         return run_command(g, image, command, flags)
 
-    types = {"int": int, "file": click.Path(dir_okay=False)}
-    fn: Any = pass_globals(returns_code(run))
-    for o in reversed(OPTIONS):        # decorators apply bottom-up, as if written in table order
-        kw: dict[str, Any] = {"help": o.help}
-        if o.kind == FLAG:
-            kw["is_flag"] = True
-        elif o.kind == MULTI:
-            kw["multiple"] = True
-        elif o.default is not None:
-            kw["default"] = o.default
-        if o.type == "choice":
-            kw["type"] = click.Choice(list(o.choices))
-        elif o.type in types:
-            kw["type"] = types[o.type]
-        if o.show_default:
-            kw["show_default"] = True
-        fn = click.option(*o.decls, o.dest, **kw)(fn)
-    fn = click.argument("command", nargs=-1, type=click.UNPROCESSED)(fn)
-    fn = click.argument("image")(fn)
-    return click.command("run", context_settings=_CTX)(fn)
+    # -h is --hostname, as in docker; everything after IMAGE belongs to the command
+    return click_command(RUN, pass_globals(returns_code(run)),
+                         context_settings={"help_option_names": ["--help"]})
 
 
 def __getattr__(name: str) -> Any:
@@ -127,108 +98,16 @@ def __getattr__(name: str) -> Any:
 
 
 # -- the fast path: an ordinary `pybuild [--root DIR] run [OPTIONS] IMAGE [COMMAND...]` -------------
-_BY_NAME = {d: o for o in OPTIONS for d in o.decls}
-
-
-def _path_ok(value: str, *, dir_okay: bool, file_okay: bool) -> bool:
-    """What click.Path(...) accepts (not required to exist; if it exists: the kind, readable)."""
-    import stat
-
-    try:
-        st = os.stat(value)  # noqa: PTH116 - no pathlib on this path
-    except OSError:
-        return True
-    if (not dir_okay and stat.S_ISDIR(st.st_mode)) or (not file_okay and stat.S_ISREG(st.st_mode)):
-        return False
-    return os.access(value, os.R_OK)
-
-
 def fast_parse(args: list[str]) -> tuple[str | None, str, tuple[str, ...], dict[str, Any]] | None:
     """``(root, image, command, flags)`` for a whole pybuild command line whose verb is ``run``,
-    read the way click reads it; None for anything this parser leaves to click (help, global
-    flags other than --root, unknown or malformed options, values click would reject), so
-    click then handles (and reports) it exactly as before."""
-    i, root = 0, None
-    while i < len(args) and args[i] != "run":
-        a = args[i]
-        if a == "--root" and i + 1 < len(args):
-            root, i = args[i + 1], i + 2
-        elif a.startswith("--root="):
-            root, i = a[len("--root="):], i + 1
-        else:
-            return None
-    if i >= len(args):
+    read the way click reads it; None for anything left to click (help, global flags other
+    than --root, unknown or malformed options, values click would reject)."""
+    parsed = _fast_parse(args, RUN)
+    if parsed is None:
         return None
-    if root is None:
-        root = os.environ.get("PYBUILD_ROOT") or None
-    if root is not None and not _path_ok(root, dir_okay=True, file_okay=False):
-        return None
-    flags: dict[str, Any] = {o.dest: o.default for o in OPTIONS}
-    multi: dict[str, list[str]] = {}
-    rest = args[i + 1:]
-    j = 0
-
-    def take(o: Opt, value: str) -> bool:
-        if o.type == "int":
-            try:
-                value = int(value)  # type: ignore[assignment]
-            except ValueError:
-                return False
-        if (o.type == "choice" and value not in o.choices) or \
-                (o.type == "file" and not _path_ok(value, dir_okay=False, file_okay=True)):
-            return False
-        if o.kind == MULTI:
-            multi.setdefault(o.dest, []).append(value)
-        else:
-            flags[o.dest] = value
-        return True
-
-    while j < len(rest):
-        a = rest[j]
-        j += 1
-        if a == "--":
-            break
-        if a[:1] != "-" or len(a) == 1:
-            j -= 1                         # IMAGE: options end here
-            break
-        if a.startswith("--"):
-            name, eq, value = a.partition("=")
-            o = _BY_NAME.get(name)
-            if o is None:
-                return None                # unknown (or --help): click reports it
-            if o.kind == FLAG:
-                if eq:
-                    return None
-                flags[o.dest] = True
-                continue
-            if not eq:
-                if j >= len(rest):
-                    return None
-                value, j = rest[j], j + 1
-            if not take(o, value):
-                return None
-            continue
-        for k in range(1, len(a)):         # a cluster of short options: -it, -eK=V, -p 80
-            o = _BY_NAME.get("-" + a[k])
-            if o is None:
-                return None
-            if o.kind == FLAG:
-                flags[o.dest] = True
-                continue
-            if k + 1 < len(a):
-                value = a[k + 1:]
-            elif j < len(rest):
-                value, j = rest[j], j + 1
-            else:
-                return None
-            if not take(o, value):
-                return None
-            break
-    if j >= len(rest):
-        return None                        # no IMAGE: click's usage error
-    for dest, values in multi.items():
-        flags[dest] = tuple(values)
-    return root, rest[j], tuple(rest[j + 1:]), flags
+    root, flags = parsed
+    image, command = flags.pop("image"), flags.pop("command")
+    return root, image, command, flags
 
 
 def run_fast(args: list[str]) -> int | None:
@@ -248,7 +127,7 @@ def _say(text: str, *, err: bool = False) -> None:
 
 def run_command(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any]) -> int:
     """The verb itself (both parsers end here)."""
-    child = None
+    child: Child | None = None
     if not flags["detach"] and not flags["runtime"]:
         # Start the sandbox child first: its interpreter comes up while this process imports
         # the run path, resolves the image and prepares the rootfs (C11's re-exec'd child,
@@ -266,7 +145,8 @@ def run_command(g: Globals, image: str, command: tuple[str, ...], flags: dict[st
             child.close()        # a no-op once the sandbox took it
 
 
-def _run(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any], child: Any) -> int:
+def _run(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any],
+         child: Child | None) -> int:
     from registry.errors import RegistryError
     from runtime.errors import SandboxError
     from runtime.run import run_image
@@ -297,7 +177,7 @@ def _fail(exc: Exception) -> int:
     return 125
 
 
-def _detach(g: Globals, req: Any, notify: Any) -> int:
+def _detach(g: Globals, req: RunRequest, notify: Callable[[str], None]) -> int:
     from runtime.monitor import spawn
     from runtime.run import create_container
 
@@ -307,7 +187,7 @@ def _detach(g: Globals, req: Any, notify: Any) -> int:
     return 0
 
 
-def _request(image: str, command: tuple[str, ...], f: dict[str, Any]) -> Any:
+def _request(image: str, command: tuple[str, ...], f: dict[str, Any]) -> RunRequest:
     from runtime import spec as S
     from runtime.cgroups import Resources
     from runtime.containers import MountSpec

@@ -3,22 +3,34 @@
 stdout carries the machine-usable result (pull: the full reference as docker's last line;
 push: the pushed manifest digest); progress, warnings and diagnostics go to stderr (bars on a
 TTY, one line per blob otherwise). Credentials are never echoed. Stdlib only at module scope:
-the click commands are built on first use (PEP 562), and an ordinary push/pull command line
-is read by ``push_fast``/``pull_fast`` without click (the same options; anything else: click).
+push and pull are option tables (builder.commands._optable) that builder.cli reads without
+click for an ordinary command line (``push_fast``/``pull_fast``); the click commands are built
+from the same tables on first use (PEP 562).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from builder.commands import Globals
+from builder.commands._format import short_size
+from builder.commands._optable import (
+    FLAG,
+    MULTI,
+    VALUE,
+    Arg,
+    Opt,
+    Verb,
+    click_command,
+    click_options,
+    fast_parse,
+)
 
 if TYPE_CHECKING:
+    from registry.model import Platform
     from registry.remote.config import RegistriesConfig
     from registry.remote.progress import Event
 
@@ -33,14 +45,6 @@ def _config(tls_verify: bool, insecure: tuple[str, ...], cert_dirs: tuple[str, .
     from registry.remote.config import RegistriesConfig
 
     return RegistriesConfig.load(insecure_hosts=insecure, tls_verify=tls_verify, certs_dirs=cert_dirs)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1000
-    return f"{n:.1f}GB"
 
 
 class _Renderer:
@@ -95,13 +99,12 @@ class _Renderer:
             if ev.kind == "skip":
                 self._say(f"{short}: already {'exists' if what == 'exists' else what}")
             elif what == "pushed":
-                self._say(f"{short}: pushed {_human(ev.total)}")
+                self._say(f"{short}: pushed {short_size(ev.total)}")
             elif what.startswith("mounted"):
                 self._say(f"{short}: {what}")
             else:
-                self._say(
-                    f"{short}: {'downloaded' if self.verb.startswith('Pull') else 'done'} {_human(ev.total)}"
-                )
+                done = "downloaded" if self.verb.startswith("Pull") else "done"
+                self._say(f"{short}: {done} {short_size(ev.total)}")
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -116,9 +119,8 @@ class _Renderer:
             width = 30
             filled = int(width * done / total) if total else 0
             bar = "=" * max(0, filled - 1) + (">" if filled else "") + " " * (width - filled)
-            lines.append(
-                f"{d.removeprefix('sha256:')[:12]}: {label:<12} [{bar}] {_human(done)}/{_human(total)}"
-            )
+            size = f"{short_size(done)}/{short_size(total)}"
+            lines.append(f"{d.removeprefix('sha256:')[:12]}: {label:<12} [{bar}] {size}")
         if lines:
             sys.stderr.write("\n".join(lines) + "\n")
         self.drawn = len(lines)
@@ -133,8 +135,8 @@ class _Renderer:
 
 
 # -- the verbs' work (click-free: shared by the click commands and the fast path) --------------
-def pull_image_cmd(g: Globals, reference: str, *, platform: Any = None, jobs: int = 4, quiet: bool = False,
-                   allow_foreign_urls: bool = False, tls_verify: bool = True,
+def pull_image_cmd(g: Globals, reference: str, *, platform: Platform | None = None, jobs: int = 4,
+                   quiet: bool = False, allow_foreign_urls: bool = False, tls_verify: bool = True,
                    insecure: tuple[str, ...] = (), cert_dirs: tuple[str, ...] = ()) -> int:
     """`pybuild pull` once its options are read (``platform``: a registry.model.Platform)."""
     from registry.reference import parse_reference
@@ -230,121 +232,80 @@ def _host_of(registry: str | None) -> str:
     return host
 
 
+
+def _platform(text: str) -> Platform | None:
+    from registry.model import Platform
+
+    return Platform.parse(text) if text else None
+
+
+def _chunk_size(text: str) -> int | None:
+    return parse_size(text) if text else None
+
+
+# -- the option tables (click and the fast path read the same ones) -----------------------------
+REGISTRY_OPTIONS: tuple[Opt, ...] = (
+    Opt(("--cert-dir",), "cert_dirs", MULTI, "Extra certs.d-style directory (HOST/ca.crt).", type="dir"),
+    Opt(("--insecure-registry",), "insecure", MULTI,
+        "Allow plain HTTP / unverified TLS for this registry (repeatable).", metavar="HOST[:PORT]"),
+    Opt(("--tls-verify",), "tls_verify", VALUE, "Verify TLS certificates (false also allows plain HTTP).",
+        default=True, type="bool", show_default=True),
+)
+PULL = Verb("pull", (
+    Opt(("--platform",), "platform", VALUE,
+        "os/arch[/variant] to pick from a multi-platform image (default: this host).", convert=_platform),
+    Opt(("-j", "--jobs"), "jobs", VALUE, "Blobs downloaded in parallel.", default=4, type="int",
+        int_range=(1, 64), show_default=True),
+    Opt(("-q", "--quiet"), "quiet", FLAG, "Print only the reference."),
+    Opt(("--allow-foreign-urls",), "allow_foreign_urls", FLAG,
+        "Fetch foreign (non-distributable) layers from their URLs."),
+    *REGISTRY_OPTIONS,
+), (Arg("reference"),))
+PUSH = Verb("push", (
+    Opt(("-j", "--jobs"), "jobs", VALUE, "Blobs uploaded in parallel.", default=4, type="int",
+        int_range=(1, 64), show_default=True),
+    Opt(("--chunk-size",), "chunk_size", VALUE, "Upload blobs in PATCH chunks of this size (e.g. 8MiB).",
+        convert=_chunk_size),
+    Opt(("--digestfile",), "digestfile", VALUE, "Also write the digest to this file.", type="file"),
+    Opt(("-q", "--quiet"), "quiet", FLAG, "Print only the digest."),
+    *REGISTRY_OPTIONS,
+), (Arg("image"), Arg("destination", required=False)))
+
+
+def pull_fast(args: list[str]) -> int | None:
+    """`pybuild pull` without click for an ordinary command line; None: let click read it."""
+    parsed = fast_parse(args, PULL)
+    if parsed is None:
+        return None
+    root, params = parsed
+    return pull_image_cmd(Globals(root=root), **params)
+
+
+def push_fast(args: list[str]) -> int | None:
+    """`pybuild push` without click for an ordinary command line; None: let click read it."""
+    parsed = fast_parse(args, PUSH)
+    if parsed is None:
+        return None
+    root, params = parsed
+    return push_image_cmd(Globals(root=root), **params)
+
+
 # -- the click commands (built on first use) --------------------------------------------------
 def _build_commands() -> dict[str, Any]:
     import click
 
-    from builder.commands import pass_globals as _pass_globals
-    from builder.commands import returns_code
+    from builder.commands import pass_globals, returns_code
 
-    pass_globals = cast("Callable[[Callable[..., int]], Callable[..., int]]", _pass_globals)
+    def pull(g: Globals, **params: Any) -> int:
+        """Pull an image from a registry into the local store."""
+        return pull_image_cmd(g, **params)
+
+    def push(g: Globals, **params: Any) -> int:
+        """Push an image from the local store to a registry (IMAGE [DESTINATION])."""
+        return push_image_cmd(g, **params)
 
     def registry_options(fn: Any) -> Any:
-        fn = click.option(
-            "--tls-verify",
-            type=click.BOOL,
-            default=True,
-            show_default=True,
-            help="Verify TLS certificates (false also allows plain HTTP).",
-        )(fn)
-        fn = click.option(
-            "--insecure-registry",
-            "insecure",
-            multiple=True,
-            metavar="HOST[:PORT]",
-            help="Allow plain HTTP / unverified TLS for this registry (repeatable).",
-        )(fn)
-        fn = click.option(
-            "--cert-dir",
-            "cert_dirs",
-            multiple=True,
-            type=click.Path(file_okay=False),
-            help="Extra certs.d-style directory (HOST/ca.crt).",
-        )(fn)
-        return fn
-
-    @click.command()
-    @click.argument("reference")
-    @click.option(
-        "--platform", help="os/arch[/variant] to pick from a multi-platform image (default: this host)."
-    )
-    @click.option(
-        "-j",
-        "--jobs",
-        type=click.IntRange(1, 64),
-        default=4,
-        show_default=True,
-        help="Blobs downloaded in parallel.",
-    )
-    @click.option("-q", "--quiet", is_flag=True, help="Print only the reference.")
-    @click.option(
-        "--allow-foreign-urls", is_flag=True, help="Fetch foreign (non-distributable) layers from their URLs."
-    )
-    @registry_options
-    @pass_globals
-    @returns_code
-    def pull(
-        g: Globals,
-        reference: str,
-        platform: str | None,
-        jobs: int,
-        quiet: bool,
-        allow_foreign_urls: bool,
-        tls_verify: bool,
-        insecure: tuple[str, ...],
-        cert_dirs: tuple[str, ...],
-    ) -> int:
-        """Pull an image from a registry into the local store."""
-        plat = None
-        if platform:
-            from registry.model import Platform
-
-            try:
-                plat = Platform.parse(platform)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--platform") from None
-        return pull_image_cmd(g, reference, platform=plat, jobs=jobs, quiet=quiet,
-                              allow_foreign_urls=allow_foreign_urls, tls_verify=tls_verify,
-                              insecure=insecure, cert_dirs=cert_dirs)
-
-    @click.command()
-    @click.argument("image")
-    @click.argument("destination", required=False)
-    @click.option(
-        "-j",
-        "--jobs",
-        type=click.IntRange(1, 64),
-        default=4,
-        show_default=True,
-        help="Blobs uploaded in parallel.",
-    )
-    @click.option("--chunk-size", help="Upload blobs in PATCH chunks of this size (e.g. 8MiB).")
-    @click.option("--digestfile", type=click.Path(dir_okay=False), help="Also write the digest to this file.")
-    @click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")
-    @registry_options
-    @pass_globals
-    @returns_code
-    def push(
-        g: Globals,
-        image: str,
-        destination: str | None,
-        jobs: int,
-        chunk_size: str | None,
-        digestfile: str | None,
-        quiet: bool,
-        tls_verify: bool,
-        insecure: tuple[str, ...],
-        cert_dirs: tuple[str, ...],
-    ) -> int:
-        """Push an image from the local store to a registry (IMAGE [DESTINATION])."""
-        size = None
-        if chunk_size:
-            try:
-                size = parse_size(chunk_size)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--chunk-size") from None
-        return push_image_cmd(g, image, destination, jobs=jobs, chunk_size=size, digestfile=digestfile,
-                              quiet=quiet, tls_verify=tls_verify, insecure=insecure, cert_dirs=cert_dirs)
+        return click_options(fn, REGISTRY_OPTIONS)
 
     @click.command()
     @click.argument("registry", required=False)
@@ -420,7 +381,9 @@ def _build_commands() -> dict[str, Any]:
         click.echo(f"Removing login credentials for {config_key(host)}")
         return 0
 
-    return {"pull": pull, "push": push, "login": login, "logout": logout}
+    return {"pull": click_command(PULL, pass_globals(returns_code(pull))),
+            "push": click_command(PUSH, pass_globals(returns_code(push))),
+            "login": login, "logout": logout}
 
 
 _COMMANDS: dict[str, Any] = {}
@@ -434,144 +397,3 @@ def __getattr__(name: str) -> Any:
             _COMMANDS.update(_build_commands())
         return _COMMANDS[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# -- the fast path: an ordinary `pybuild [--root DIR] push|pull ...` without click -------------
-_BOOL = {"1": True, "true": True, "t": True, "yes": True, "y": True, "on": True,
-         "0": False, "false": False, "f": False, "no": False, "n": False, "off": False}
-_FLAGS = {"push": {"-q": "quiet", "--quiet": "quiet"},
-          "pull": {"-q": "quiet", "--quiet": "quiet", "--allow-foreign-urls": "allow_foreign_urls"}}
-_VALUES = {"push": {"-j": "jobs", "--jobs": "jobs", "--chunk-size": "chunk_size",
-                    "--digestfile": "digestfile"},
-           "pull": {"-j": "jobs", "--jobs": "jobs", "--platform": "platform"}}
-_COMMON = {"--tls-verify": "tls_verify", "--insecure-registry": "insecure", "--cert-dir": "cert_dirs"}
-_MULTI = ("insecure", "cert_dirs")
-
-
-def _path_ok(value: str, *, dir_okay: bool, file_okay: bool) -> bool:
-    """What click.Path(...) accepts (need not exist; if it does: the right kind, readable)."""
-    import stat
-
-    try:
-        st = os.stat(value)  # noqa: PTH116 - no pathlib on the fast path
-    except OSError:
-        return True
-    if (not dir_okay and stat.S_ISDIR(st.st_mode)) or (not file_okay and stat.S_ISREG(st.st_mode)):
-        return False
-    return os.access(value, os.R_OK)
-
-
-def fast_parse(args: list[str], verb: str) -> tuple[str | None, list[str], dict[str, Any]] | None:
-    """``(root, positionals, options)`` for a whole command line ``[--root DIR] VERB ...`` with
-    VERB push or pull, read as click reads it; None for anything left to click (help, other
-    global flags, unknown, bundled or malformed options, values click would refuse), which
-    then handles and reports it exactly as before."""
-    i, root = 0, None
-    while i < len(args) and args[i] != verb:
-        if args[i] == "--root" and i + 1 < len(args):
-            root, i = args[i + 1], i + 2
-        elif args[i].startswith("--root="):
-            root, i = args[i][len("--root="):], i + 1
-        else:
-            return None
-    if i >= len(args):
-        return None
-    if root is None:
-        root = os.environ.get("PYBUILD_ROOT") or None
-    if root == "" or (root is not None and not _path_ok(root, dir_okay=True, file_okay=False)):
-        return None
-    flags, values = _FLAGS[verb], {**_VALUES[verb], **_COMMON}
-    opts: dict[str, Any] = {"insecure": [], "cert_dirs": []}
-    positionals: list[str] = []
-    rest = args[i + 1:]
-    j = 0
-    while j < len(rest):
-        a = rest[j]
-        j += 1
-        if a == "--":
-            positionals += rest[j:]
-            break
-        if a[:1] != "-" or a == "-":
-            positionals.append(a)
-            continue
-        name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
-        if name in flags and not eq:
-            opts[flags[name]] = True
-            continue
-        dest = values.get(name)
-        if dest is None:
-            return None                      # unknown, --help, -qj4...: click decides
-        if not eq:
-            if j >= len(rest):
-                return None
-            value, j = rest[j], j + 1
-        if dest in _MULTI:
-            opts[dest].append(value)
-        else:
-            opts[dest] = value
-    return root, positionals, opts
-
-
-def _fast_common(opts: dict[str, Any]) -> dict[str, Any] | None:
-    out: dict[str, Any] = {"quiet": bool(opts.get("quiet")), "insecure": tuple(opts["insecure"]),
-                           "cert_dirs": tuple(opts["cert_dirs"])}
-    if any(not _path_ok(d, dir_okay=True, file_okay=False) for d in out["cert_dirs"]):
-        return None
-    if "tls_verify" in opts:
-        verify = _BOOL.get(str(opts["tls_verify"]).strip().lower())
-        if verify is None:
-            return None
-        out["tls_verify"] = verify
-    if "jobs" in opts:
-        try:
-            jobs = int(str(opts["jobs"]).strip())
-        except ValueError:
-            return None
-        if not 1 <= jobs <= 64:
-            return None
-        out["jobs"] = jobs
-    return out
-
-
-def push_fast(args: list[str]) -> int | None:
-    """`pybuild push` without click for an ordinary command line; None: let click read it."""
-    parsed = fast_parse(args, "push")
-    if parsed is None:
-        return None
-    root, positionals, opts = parsed
-    common = _fast_common(opts)
-    if common is None or not 1 <= len(positionals) <= 2:
-        return None
-    size = None
-    if opts.get("chunk_size") is not None:
-        try:
-            size = parse_size(opts["chunk_size"])
-        except ValueError:
-            return None
-    digestfile = opts.get("digestfile")
-    if digestfile is not None and not _path_ok(digestfile, dir_okay=False, file_okay=True):
-        return None
-    image, destination = positionals[0], positionals[1] if len(positionals) == 2 else None
-    return push_image_cmd(Globals(root=root), image, destination, chunk_size=size,
-                          digestfile=digestfile, **common)
-
-
-def pull_fast(args: list[str]) -> int | None:
-    """`pybuild pull` without click for an ordinary command line; None: let click read it."""
-    parsed = fast_parse(args, "pull")
-    if parsed is None:
-        return None
-    root, positionals, opts = parsed
-    common = _fast_common(opts)
-    if common is None or len(positionals) != 1:
-        return None
-    platform = None
-    if opts.get("platform"):
-        from registry.model import Platform
-
-        try:
-            platform = Platform.parse(opts["platform"])
-        except ValueError:
-            return None
-    return pull_image_cmd(Globals(root=root), positionals[0], platform=platform,
-                          allow_foreign_urls=bool(opts.get("allow_foreign_urls")), **common)

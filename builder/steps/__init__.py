@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from builder.context import BuildContext
     from builder.options import BuildOptions
     from builder.state import LayerRef, StageState
+    from registry.compression import Codec
     from registry.store import DirStore
     from runtime.snapshots import Snapshotter
 
@@ -45,7 +46,7 @@ class StepEnv:
     image_state: Callable[[str, ast.Span], StageState]   # an image used by COPY --from / mounts
     ensure_snapshot: Callable[[StageState], str | None]  # committed snapshot of a state's chain
     epoch: int | None = None
-    codec: str = "gzip"
+    codec: Codec = "gzip"
     output: Callable[[bytes], None] = lambda data: None   # the current step's output sink
     step_label: str = ""
     flags: dict[str, bool] = field(default_factory=dict)   # shared by the build ("volatile")

@@ -62,16 +62,22 @@ def _set_env(env: list[str], key: str, value: str) -> list[str]:
     return out
 
 
+def _expand_pairs(ins: ast.Env | ast.Label, state: StageState, env: StepEnv) -> list[tuple[str, str]]:
+    """ENV/LABEL ``key=value`` pairs with both sides expanded; a blank key is an error."""
+    values = state.expand_env()
+    pairs = [(expand(k, values, env.escape, ins.span), expand(v, values, env.escape, ins.span))
+             for k, v in ins.pairs]
+    if any(not k for k, _ in pairs):
+        raise BuildError(f"{ins.KIND} names can not be blank", span=ins.span)
+    return pairs
+
+
 class EnvHandler(_Meta):
     def prepare(self, ins: ast.Instruction, state: StageState, env: StepEnv) -> Prepared:
         assert isinstance(ins, ast.Env)
-        values = state.expand_env()
-        pairs = [(expand(k, values, env.escape, ins.span), expand(v, values, env.escape, ins.span))
-                 for k, v in ins.pairs]
+        pairs = _expand_pairs(ins, state, env)
         new_env = list(state.config.env)
         for k, v in pairs:
-            if not k:
-                raise BuildError("ENV names can not be blank", span=ins.span)
             new_env = _set_env(new_env, k, v)
         config = replace(state.config, env=tuple(new_env))
         text = "ENV " + " ".join(f"{k}={v}" for k, v in pairs)
@@ -81,17 +87,10 @@ class EnvHandler(_Meta):
 class LabelHandler(_Meta):
     def prepare(self, ins: ast.Instruction, state: StageState, env: StepEnv) -> Prepared:
         assert isinstance(ins, ast.Label)
-        values = state.expand_env()
-        pairs = [(expand(k, values, env.escape, ins.span), expand(v, values, env.escape, ins.span))
-                 for k, v in ins.pairs]
-        labels = dict(state.config.labels)
-        for k, v in pairs:
-            if not k:
-                raise BuildError("LABEL names can not be blank", span=ins.span)
-            labels[k] = v
-        config = replace(state.config, labels=labels)
-        return self._prep(ins, state, {"pairs": pairs}, config,
-                          "LABEL " + " ".join(f"{k}={v}" for k, v in pairs))
+        pairs = _expand_pairs(ins, state, env)
+        config = replace(state.config, labels={**state.config.labels, **dict(pairs)})
+        text = "LABEL " + " ".join(f"{k}={v}" for k, v in pairs)
+        return self._prep(ins, state, {"pairs": pairs}, config, text)
 
 
 class ArgHandler(_Meta):

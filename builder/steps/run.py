@@ -518,7 +518,7 @@ def _layer(sn: Any, active: str, env: StepEnv) -> LayerRef | None:
     entries = list(layer_entries(sn, active))
     if not entries:
         return None
-    blob = write_layer(entries, env.store, env.codec, clamp_mtime=env.epoch)  # type: ignore[arg-type]
+    blob = write_layer(entries, env.store, env.codec, clamp_mtime=env.epoch)
     return LayerRef(blob.descriptor, blob.diff_id, blob.uncompressed_size)
 
 

@@ -9,13 +9,12 @@ store's fsyncs: a hint lost in a crash costs one upload); the file is bounded. S
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from registry.digest import Digest
-from registry.store import DirStore, flocked
+from registry.store import DirStore, atomic_write, flocked
 
 MAX_DIGESTS = 20000
 MAX_LOCATIONS = 8
@@ -76,18 +75,11 @@ class BlobInfoCache:
                 if len(data) > MAX_DIGESTS:
                     for key in list(data)[: len(data) - MAX_DIGESTS]:
                         del data[key]
-                _replace(self.path, json.dumps(data, separators=(",", ":")).encode())
+                atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode(), mode=0o666,
+                             durable=False)
                 with self._lock:
                     self._data = data
         except OSError:
             pass
 
 
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

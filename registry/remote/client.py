@@ -247,24 +247,6 @@ class RepositoryClient:
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
             return ManifestResponse(raw, ctype, Digest.of(raw), resp.headers.get("Docker-Content-Digest"))
 
-    def head_manifest(self, reference: str) -> tuple[str, Digest, int] | None:
-        resp = self._req("HEAD", self._url("manifests", reference), headers={"Accept": MANIFEST_ACCEPT})
-        with contextlib.closing(resp):
-            if resp.status_code == 404:
-                _drain(resp)
-                return None
-            if resp.status_code != 200:
-                raise self._fail(resp, f"manifest {self}:{reference}")
-            _drain(resp)
-            dig = resp.headers.get("Docker-Content-Digest")
-            if not dig:
-                return None
-            return (
-                resp.headers.get("Content-Type", ""),
-                Digest.parse(dig),
-                int(resp.headers.get("Content-Length", "0") or 0),
-            )
-
     def put_manifest(self, reference: str, raw: bytes, media_type: str) -> Digest:
         url = self._url("manifests", reference)
         resp = self._req("PUT", url, headers={"Content-Type": media_type}, body=raw)

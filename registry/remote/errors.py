@@ -15,10 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from registry.errors import RegistryError
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-RETRYABLE_CODES = frozenset({"BLOB_UPLOAD_INVALID", "TOOMANYREQUESTS", "UNAVAILABLE", "UNKNOWN"})
 _SECRET_PARAMS = re.compile(r"(token|signature|sig|password|secret|key|credential|code|auth)", re.I)
-MAX_ERROR_BODY = 64 * 1024
 
 
 def redact(url: str) -> str:
@@ -99,16 +96,6 @@ class RegistryHTTPError(RemoteError):
             return "the registry is rate limiting: wait and retry, or log in for a higher limit"
         return None
 
-    @property
-    def codes(self) -> set[str]:
-        return {code for code, _, _ in self.diagnostics}
-
-    @property
-    def retryable(self) -> bool:
-        if self.diagnostics and self.status not in RETRYABLE_STATUS:
-            return all(code in RETRYABLE_CODES for code in self.codes)
-        return self.status in RETRYABLE_STATUS
-
 
 class Unauthorized(RegistryHTTPError):
     """401/403 after authenticating (or with no usable credentials)."""
@@ -128,14 +115,6 @@ class TransportError(RemoteError):
 
 class TLSError(TransportError):
     pass
-
-
-class InsecureRefused(RemoteError):
-    def __init__(self, host: str, why: str) -> None:
-        super().__init__(
-            f"registry {host}: {why}",
-            hint=f"mark it insecure: --insecure-registry {host} (or `insecure = true` in registries.toml)",
-        )
 
 
 class RedirectError(RemoteError):

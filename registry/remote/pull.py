@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import urllib3
 
@@ -39,7 +40,10 @@ from registry.remote.errors import (
     Unauthorized,
 )
 from registry.remote.progress import Event, Progress, ignore
-from registry.store import DirStore
+from registry.store import BlobWriter, DirStore
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("pybuild." + __name__)
 
@@ -263,11 +267,8 @@ class Puller:
         raise TransportError("GET", f"{repo}/blobs/{digest}", f"download kept failing ({last})")
 
     def _stream(
-        self, repo: RepositoryClient, desc: Descriptor, w: object, stats: _Stats, urls: list[str] | None
+        self, repo: RepositoryClient, desc: Descriptor, w: BlobWriter, stats: _Stats, urls: list[str] | None
     ) -> None:
-        from registry.store import BlobWriter
-
-        assert isinstance(w, BlobWriter)
         offset = w.offset
         targets: Sequence[str | None] = list(urls) if urls else [None]
         for i, url in enumerate(targets):
@@ -289,11 +290,8 @@ class Puller:
                 if i == len(targets) - 1:
                     raise
 
-    def _copy(self, resp: object, desc: Descriptor, w: object, stats: _Stats) -> None:
-        from registry.store import BlobWriter
-
-        assert isinstance(w, BlobWriter)
-        raw = resp.raw  # type: ignore[attr-defined]
+    def _copy(self, resp: requests.Response, desc: Descriptor, w: BlobWriter, stats: _Stats) -> None:
+        raw = resp.raw
         # read1: whatever one recv gives; read(n) would buffer up to n bytes internally and lose
         # them when the connection breaks, and those bytes are what a resume keeps.
         read = getattr(raw, "read1", None) or raw.read
@@ -431,32 +429,24 @@ def _content_range_start(value: str) -> int:
         return -1
 
 
-def pull(
-    store: DirStore,
-    ref: str | Reference,
-    *,
-    platform: Platform | str | None = None,
-    jobs: int = 4,
-    config: RegistriesConfig | None = None,
-    remote: Remote | None = None,
-    progress: Progress = ignore,
-    allow_foreign: bool = False,
-) -> Descriptor:
+class PullOptions(TypedDict, total=False):
+    """pull_image's keyword options (pull takes the same)."""
+
+    platform: Platform | str | None
+    jobs: int
+    config: RegistriesConfig | None
+    remote: Remote | None
+    progress: Progress
+    allow_foreign: bool
+
+
+def pull(store: DirStore, ref: str | Reference, **options: Unpack[PullOptions]) -> Descriptor:
     """Pull ``ref`` into ``store`` and tag it; returns the image manifest descriptor.
 
     Raises RemoteError subclasses (NotFound, Unauthorized, TransportError, ManifestError,
     BlobVerifyError, PlatformNotFound). Idempotent: blobs already stored are not fetched again.
     """
-    return pull_image(
-        store,
-        ref,
-        platform=platform,
-        jobs=jobs,
-        config=config,
-        remote=remote,
-        progress=progress,
-        allow_foreign=allow_foreign,
-    ).descriptor
+    return pull_image(store, ref, **options).descriptor
 
 
 def pull_image(

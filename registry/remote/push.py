@@ -17,10 +17,10 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from registry import mediatypes as mt
 from registry.digest import Digest
@@ -34,6 +34,9 @@ from registry.remote.errors import RegistryHTTPError, RemoteError, TransportErro
 from registry.remote.progress import Event, Progress, ignore
 from registry.remote.transport import SEND_BLOCK
 from registry.store import REF_NAME, DirStore
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("pybuild." + __name__)
 
@@ -164,7 +167,7 @@ class Pusher:
         self._vlock = threading.Lock()
 
     # -- blobs -----------------------------------------------------------------------------
-    def _body(self, digest: Digest, start: int, length: int, total: int):  # type: ignore[no-untyped-def]
+    def _body(self, digest: Digest, start: int, length: int, total: int) -> Callable[[], _Slice]:
         if not self.store.has(digest):
             raise ImageNotFound(f"blob {digest}", hint="the local image is incomplete; pull or rebuild it")
         with self._vlock:
@@ -392,11 +395,11 @@ def _range_end(value: str) -> int:
     return range_end(value)
 
 
-def _location(resp: object, current: str) -> str:
+def _location(resp: requests.Response, current: str) -> str:
     from urllib.parse import urljoin
 
-    loc = resp.headers.get("Location")  # type: ignore[attr-defined]
-    return urljoin(resp.url, loc) if loc else current  # type: ignore[attr-defined]
+    loc = resp.headers.get("Location")
+    return urljoin(resp.url, loc) if loc else current
 
 
 def resolve_local(store: DirStore, text: str) -> tuple[str, Descriptor]:
@@ -446,24 +449,23 @@ def _resolve_fallback(store: DirStore, text: str) -> tuple[str, Descriptor]:
     raise ImageNotFound(text, hint="see `pybuild images`")
 
 
-def push(
-    store: DirStore,
-    src: str,
-    dest: str | Reference | None = None,
-    *,
-    jobs: int = 4,
-    chunk_size: int | None = None,
-    config: RegistriesConfig | None = None,
-    remote: Remote | None = None,
-    progress: Progress = ignore,
-) -> Digest:
+class PushOptions(TypedDict, total=False):
+    """push_image's keyword options (push takes the same)."""
+
+    jobs: int
+    chunk_size: int | None
+    config: RegistriesConfig | None
+    remote: Remote | None
+    progress: Progress
+
+
+def push(store: DirStore, src: str, dest: str | Reference | None = None,
+         **options: Unpack[PushOptions]) -> Digest:
     """Push the stored image ``src`` to ``dest`` (default: ``src`` itself); returns the manifest digest.
 
     Raises ImageNotFound for an unknown ``src``, RemoteError subclasses for registry failures.
     """
-    return push_image(
-        store, src, dest, jobs=jobs, chunk_size=chunk_size, config=config, remote=remote, progress=progress
-    ).digest
+    return push_image(store, src, dest, **options).digest
 
 
 def push_image(

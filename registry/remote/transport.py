@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -47,7 +47,16 @@ VERSION = "0.1.0"
 USER_AGENT = f"pybuild/{VERSION} python/{sys.version_info.major}.{sys.version_info.minor}"
 MAX_REDIRECTS = 10
 SEND_BLOCK = 1 << 20
-BodyFactory = Callable[[], IO[bytes]]
+
+
+class BodyStream(Protocol):
+    """What an upload body offers (requests streams it by read()): a file, or push's verified
+    blob slice."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+BodyFactory = Callable[[], BodyStream]     # called per attempt: a retry gets a fresh stream
 Body = bytes | BodyFactory | None
 
 

@@ -9,24 +9,22 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import secrets
-import shutil
 import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from registry.image import resolve_image
 from registry.store import DirStore
-from tests.support.images import build_busybox, have_busybox
+from tests.support.images import build_busybox
+from tests.support.rootless import RootlessUser as User
+from tests.support.rootless import pybuild_as, rootless_user
 
-REPO = Path(__file__).resolve().parents[2]
-SUBID_START, SUBID_COUNT = 460000, 65536
+SUBID_START = 460000
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_userns, pytest.mark.slow]
 
@@ -49,77 +47,21 @@ CMD ["sh", "-c", "cat /opt/app/out.txt /opt/app/private/key; stat -c '%u:%g %a %
 """
 
 
-@dataclass
-class User:
-    name: str
-    uid: int
-    store: Path
-    work: Path
-    python: str
-
-
-def _others_can_run(path: str) -> bool:
-    real = Path(path).resolve()
-    return bool(real.stat().st_mode & 0o001) and all(p.stat().st_mode & 0o001 for p in real.parents)
+def _populate(store: DirStore, work: Path) -> None:
+    build_busybox(store)
+    (work / "ctx").mkdir(parents=True)
+    (work / "ctx" / "Dockerfile").write_text(DOCKERFILE)
+    (work / "ctx" / "conf.txt").write_text("conf\n")
 
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
-    for tool in ("useradd", "userdel", "usermod", "runuser", "newuidmap"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
-    if not have_busybox():
-        pytest.skip("busybox-static not installed")
-    python = sys.executable
-    if not _others_can_run(python):
-        minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-        python = shutil.which(minor, path="/usr/bin:/usr/local/bin") or ""
-        if not python or not _others_can_run(python):
-            pytest.skip(f"no {minor} an unprivileged user can execute")
-    name = f"pbbd{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-K", "SUB_UID_COUNT=0",
-                    "-K", "SUB_GID_COUNT=0", name], check=True)
-    base = Path(tmp_path_factory.mktemp("rootless-build"))
-    try:
-        last = SUBID_START + SUBID_COUNT - 1
-        subprocess.run(["usermod", "--add-subuids", f"{SUBID_START}-{last}",
-                        "--add-subgids", f"{SUBID_START}-{last}", name], check=True)
-        import pwd
-
-        pw = pwd.getpwnam(name)
-        base.chmod(0o755)
-        for p in base.parents:
-            if str(p).startswith("/tmp/") and p.stat().st_mode & 0o005 != 0o005:
-                p.chmod(p.stat().st_mode | 0o005)
-        store = base / "store"
-        build_busybox(DirStore(store))
-        work = base / "work"
-        (work / "ctx").mkdir(parents=True)
-        (work / "ctx" / "Dockerfile").write_text(DOCKERFILE)
-        (work / "ctx" / "conf.txt").write_text("conf\n")
-        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(base)], check=True)
-        yield User(name, pw.pw_uid, store, work, python)
-    finally:
-        left = subprocess.run(["pgrep", "-u", name], capture_output=True, text=True).stdout.split()
-        for pid in left:
-            try:
-                os.kill(int(pid), 9)
-            except OSError:
-                pass
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with rootless_user(tmp_path_factory, "pbbd", subid_start=SUBID_START, populate=_populate) as u:
+        yield u
 
 
 def as_user(u: User, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    import click
-
-    site = str(Path(click.__file__).resolve().parent.parent)
-    boot = (f"import sys, importlib.util; sys.path[:0] = [{str(REPO)!r}, {site!r}]; "
-            "from builder.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(u.work), "LANG": "C.UTF-8"}
-    argv = ["runuser", "-u", u.name, "--", u.python, "-c", boot, "--root", str(u.store), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=u.work, env=env,
-                          check=False)
+    return pybuild_as(u, *args, timeout=timeout)
 
 
 def _layer_members(store: DirStore, ref: str) -> dict[str, tarfile.TarInfo]:
@@ -218,7 +160,7 @@ def test_rootless_cache_from_in_a_fresh_store_keeps_owners(user: User, registry_
     fresh = user.work.parent / "fresh-store"
     build_busybox(DirStore(fresh))
     subprocess.run(["chown", "-R", f"{user.uid}:{user.uid}", str(fresh)], check=True)
-    second = as_user(User(user.name, user.uid, fresh, user.work, user.python), "build", "--progress",
+    second = as_user(replace(user, store=fresh), "build", "--progress",
                      "plain", "--build-arg", "N=2", "--cache-from", f"type=registry,ref={cache}",
                      "-t", "rootless-cache:2", "cachectx")
     assert second.returncode == 0, second.stderr
@@ -226,7 +168,7 @@ def test_rootless_cache_from_in_a_fresh_store_keeps_owners(user: User, registry_
                       .read_text())
     runs = [s["status"] for s in last["steps"] if str(s.get("instruction", "")).startswith("RUN")]
     assert runs == ["CACHED", "RAN"], last["steps"]
-    run = as_user(User(user.name, user.uid, fresh, user.work, user.python), "run", "--rm",
+    run = as_user(replace(user, store=fresh), "run", "--rm",
                   "--network", "none", "rootless-cache:2")
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["2", "33:33 2770", "33:33 644"]     # /d, /d/f

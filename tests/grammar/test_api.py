@@ -127,7 +127,8 @@ def _walk(value: object) -> list[object]:
     return out
 
 
-@pytest.mark.parametrize("case", sorted(p for p in (TESTDATA / "parser").iterdir() if p.is_dir()), ids=lambda p: p.name)
+@pytest.mark.parametrize("case", sorted(p for p in (TESTDATA / "parser").iterdir() if p.is_dir()),
+                         ids=lambda p: p.name)
 def test_no_lark_type_escapes(case: Path) -> None:
     try:
         df = grammar.parse((case / "Dockerfile").read_bytes())

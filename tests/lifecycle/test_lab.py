@@ -5,6 +5,7 @@ run/exec/stop/rm cycles that leak nothing."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -97,6 +98,10 @@ def test_the_lab(lab: Path, tmp_path: Path) -> None:
     assert view["HostConfig"]["Memory"] == 100 * 1024 * 1024
     assert {m["Destination"] for m in view["Mounts"]} == {"/www", "/etc/app.conf"}
     assert "httpd" in Path(f"/proc/{host_pid}/cmdline").read_text()
+    # exec joins every cgroup of the container (v1: it writes "0" to each controller's tasks)
+    cg = pb_proc(root, "exec", "web", "cat", "/proc/self/cgroup")
+    theirs = Path(f"/proc/{host_pid}/cgroup").read_text()
+    assert cg.returncode == 0 and cg.stdout == theirs and f"pybuild-{cid}" in theirs
 
     # logs -f streams while the container runs
     follower = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(root), "logs", "-f", "web"],
@@ -105,9 +110,10 @@ def test_the_lab(lab: Path, tmp_path: Path) -> None:
         curl(port)
         got = b""
         deadline = time.monotonic() + 10
+        out_fd = follower.stdout.fileno() if follower.stdout is not None else -1
         while b"response:200" not in got and time.monotonic() < deadline:
-            if select.select([follower.stdout], [], [], 0.5)[0]:
-                got += os.read(follower.stdout.fileno(), 4096)  # type: ignore[union-attr]
+            if select.select([out_fd], [], [], 0.5)[0]:
+                got += os.read(out_fd, 4096)
         assert b"response:200" in got          # arrived while the container still runs
         assert follower.poll() is None
     finally:
@@ -307,8 +313,7 @@ def test_a_killed_monitor_takes_the_container_along(lab: Path) -> None:
     c = ContainerStore(root / "containers").get("doomed")
     st = c.state()
     os.kill(st.monitor_pid, 9)
-    wait_for(lambda: not Path(f"/proc/{st.pid}").exists()
-             or Path(f"/proc/{st.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    wait_for(lambda: process_start_time(st.pid) is None)      # gone, or a zombie
     assert re.search(r"Exited \(\d+\) .*doomed", pb(root, "ps", "-a").stdout)
     assert pb(root, "ps", "-q").stdout == ""
     assert pb(root, "rm", "doomed").code == 0           # its network endpoint and rules go too
@@ -362,3 +367,58 @@ def test_exec_with_a_tty_env_user_and_workdir(lab: Path) -> None:
     assert detached.returncode == 0
     wait_for(lambda: pb_proc(root, "exec", "box", "cat", "/tmp/bg").stdout == "done\n")
     assert pb(root, "rm", "-f", "box").code == 0
+
+
+def test_foreground_bridge_runs_back_to_back_leave_nothing(lab: Path) -> None:
+    """`run --rm` on the default bridge: an address, the default route, and after the run (its
+    network teardown finishes in the background, under the network's lock) nothing left; a
+    second run right after waits for that teardown and gets the same address."""
+    root = lab
+    script = "ip -4 -o addr show eth0; ip route"
+    outs = []
+    for _ in range(2):
+        r = pb_proc(root, "run", "--rm", "busybox", "sh", "-c", script)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    store = NetworkStore(root / "networks")
+    net = store.get("bridge")
+    store.settle()
+    assert outs[0] == outs[1]
+    ip = re.search(r"inet (\S+)/(\d+)", outs[0])
+    assert ip is not None and ip.group(1) in [str(h) for h in ipaddress.IPv4Network(net.subnet).hosts()]
+    assert f"default via {net.gateway} dev eth0" in outs[0]
+    assert not [p for p in (root / "containers").iterdir() if not p.name.startswith(".")]
+    left = traces(root, [], [net.id], [net.bridge], [])
+    assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}
+
+
+@pytest.mark.slow
+def test_parallel_foreground_bridge_runs_share_the_network_and_leave_nothing(lab: Path) -> None:
+    """Three streams of `run --rm` on the default bridge at once: first-endpoint bring-ups and
+    last-endpoint (background) teardowns interleave under the network's lock; every run gets
+    an address and reaches its gateway; afterwards no veth, bridge, table or record is left."""
+    root = lab
+    script = ("ip -4 -o addr show eth0 | wc -l; "
+              "ping -c1 -W2 $(ip r | awk '/default/{print $3}') >/dev/null && echo ok")
+    argv = [sys.executable, "-m", "builder", "--root", str(root), "run", "--rm", "busybox", "sh", "-c",
+            script]
+
+    def stream() -> list[str]:
+        outs = []
+        for _ in range(5):
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+            outs.append(f"{r.returncode}:{r.stdout.split()}:{r.stderr.strip()[-200:]}")
+        return outs
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        results = [o for f in [pool.submit(stream) for _ in range(3)] for o in f.result()]
+    assert results == ["0:['1', 'ok']:"] * 15
+    store = NetworkStore(root / "networks")
+    store.settle()
+    net = store.get("bridge")
+    assert store.endpoints(net) == []
+    assert not [p for p in (root / "containers").iterdir() if not p.name.startswith(".")]
+    left = traces(root, [], [net.id], [net.bridge], [])
+    assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}

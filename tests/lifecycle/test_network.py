@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import select
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from runtime import network
+from runtime.netlink import Netlink
 from runtime.network import (
     NetworkError,
     NetworkInUse,
@@ -277,8 +282,8 @@ def test_two_stores_get_distinct_default_bridges(tmp_path: Path) -> None:
         assert not ipaddress.IPv4Network(na.subnet).overlaps(ipaddress.IPv4Network(nb.subnet))
     finally:
         for s in (a, b):
-            for n in s.list_all():
-                s.remove(n.id, force=True)
+            for net in s.list_all():
+                s.remove(net.id, force=True)
         for n in (ns_a, ns_b):
             subprocess.run(["ip", "netns", "del", n], check=False)
 
@@ -329,3 +334,123 @@ print(added.count("pybuild:n:ffffffffffff"), left.count("pybuild"))
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2", "0"]
+
+
+def test_background_teardown_runs_detached_and_settle_waits_for_it(
+        netstore: NetworkStore, netns: Callable[[str], str]) -> None:
+    """disconnect(background=True): the records change before it returns, the kernel objects go
+    in a detached child that holds the network's lock and none of the caller's other fds (a
+    pipe the caller closes sees EOF at once); settle() waits for it; nothing is left."""
+    port = free_loopback_port()
+    netstore.connect("bridge", CID_A, netns("a"), name="web", ports=parse_publish(f"{port}:80"))
+    net = netstore.get("bridge")
+    assert [t for t in NftFirewallTables() if CID_A[:12] in t]
+    r, w = os.pipe()
+    try:
+        assert netstore.disconnect("bridge", CID_A, background=True) is True
+        os.close(w)
+        assert select.select([r], [], [], 5)[0] and os.read(r, 1) == b""
+    finally:
+        os.close(r)
+    assert netstore.endpoints(net) == []
+    netstore.settle()
+    assert not (netstore.root / net.id / "teardown.json").exists()
+    left = traces(netstore.root.parent, [CID_A], [net.id], [net.bridge], [])
+    assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}
+
+
+def test_a_teardown_whose_child_died_is_finished_by_the_next_user(
+        netstore: NetworkStore, netns: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_loopback_port()
+    netstore.connect("bridge", CID_A, netns("a"), name="a", ports=parse_publish(f"{port}:80"))
+    net = netstore.get("bridge")
+    monkeypatch.setattr(network, "_detached", lambda work, lock_fd, log: True)   # killed at once
+    assert netstore.disconnect("bridge", CID_A, background=True) is True
+    monkeypatch.undo()
+    assert (netstore.root / net.id / "teardown.json").exists()
+    assert network.link_alias(net.bridge) == f"pybuild:{net.id}"      # nobody did the work yet
+    # the next connect finishes it under the lock first: A's veth and port table are gone,
+    # the network's bridge and rules come back for B
+    ep = netstore.connect("bridge", CID_B, netns("b"), name="b")
+    assert not (netstore.root / net.id / "teardown.json").exists()
+    assert not network.link_exists(f"pbv{CID_A[:12]}")
+    assert not [t for t in NftFirewallTables() if CID_A[:12] in t]
+    assert [t for t in NftFirewallTables() if net.short_id in t]
+    gateway = ipaddress.IPv4Address(netstore.get("bridge").gateway)
+    assert ep.ip == str(gateway + 1)                                     # A's address is free again
+    netstore.disconnect("bridge", CID_B)
+    left = traces(netstore.root.parent, [CID_A, CID_B], [net.id], [net.bridge], [])
+    assert left == {"links": [], "nft": [], "iptables": [], "mounts": [], "cgroups": [], "procs": []}
+
+
+def test_host_prefixes_from_netlink_match_ip(netns: Callable[[str], str]) -> None:
+    """The subnet check reads routes and addresses with rtnetlink: the same prefixes `ip -j`
+    lists (in a test namespace with a dummy link, addresses and routes of its own)."""
+    path = netns("p")
+    name = Path(path).name            # a veth pair inside the namespace stands for a host link
+    for cmd in (["link", "set", "lo", "up"], ["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+                ["link", "set", "d1", "up"], ["link", "set", "d0", "up"],
+                ["addr", "add", "10.201.3.4/24", "dev", "d0"], ["addr", "add", "172.30.9.1/32", "dev", "d0"],
+                ["route", "add", "10.202.0.0/16", "dev", "d0"], ["route", "add", "default", "dev", "d0"],
+                ["route", "add", "blackhole", "192.168.77.0/24"]):
+        subprocess.run(["ip", "-n", name, *cmd], check=True, capture_output=True)
+
+    def ip_json(*args: str) -> list[dict[str, Any]]:
+        return list(json.loads(subprocess.run(["ip", "-n", name, "-j", *args], capture_output=True,
+                                              text=True, check=True).stdout))
+
+    want: set[ipaddress.IPv4Network] = set()
+    for r in ip_json("-4", "route", "show"):
+        if r["dst"] != "default":
+            want.add(ipaddress.IPv4Network(r["dst"], strict=False))
+    for link in ip_json("-4", "addr", "show"):
+        for a in link.get("addr_info", ()):
+            want.add(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with Netlink(fd) as nl:
+            got = network._host_prefixes(None, nl)
+            without_d0 = network._host_prefixes("d0", nl)
+    finally:
+        os.close(fd)
+    assert set(got) == want
+    assert ipaddress.IPv4Network("192.168.77.0/24") in want          # a route without a device
+    assert set(without_d0) == {ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv4Network("192.168.77.0/24")}
+
+
+def test_nft_rules_replace_a_leftover_table(tmp_path: Path) -> None:
+    """A network's table is (re)defined by add + flush + define in one transaction: a leftover
+    table's rules are replaced, never duplicated; a leftover whose chain cannot be redefined
+    (another chain type) is deleted and defined again. In a private network namespace."""
+    if not shutil.which("nft"):
+        pytest.skip("needs nft")
+    code = f"""
+import subprocess, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from runtime.network import Network, NftFirewall
+net = Network(id="e" * 64, name="n", bridge="pbx0", subnet="10.78.0.0/24", gateway="10.78.0.1",
+              firewall="nft", created="")
+t = "pybuild_n_" + "e" * 12
+def nft(script):
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+def listing():
+    return subprocess.run(["nft", "list", "table", "ip", t], capture_output=True, text=True).stdout
+nft("table ip " + t + " {{\\n chain postrouting {{\\n type nat hook postrouting priority srcnat; "
+    "policy accept;\\n ip saddr 1.2.3.4 masquerade\\n }}\\n}}\\n")
+NftFirewall().add_network(net)
+first = listing()
+NftFirewall().add_network(net)
+again = listing()
+nft("delete table ip " + t)
+nft("table ip " + t + " {{\\n chain postrouting {{\\n type filter hook postrouting priority 0; "
+    "policy accept;\\n }}\\n}}\\n")
+NftFirewall().add_network(net)
+fixed = listing()
+NftFirewall().remove_network(net)
+print("1.2.3.4" in first, first.count("masquerade"), again == first, "type nat" in fixed,
+      fixed.count("masquerade"), bool(listing()))
+"""
+    r = subprocess.run(["unshare", "--net", sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "2", "True", "True", "2", "False"]

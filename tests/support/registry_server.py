@@ -13,12 +13,13 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -32,13 +33,16 @@ def free_loopback_port() -> int:
 
 
 def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0,
-                  context: object | None = None) -> None:
+                  context: object | None = None, log: IO[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"registry exited with {proc.returncode}: {err[-2000:]}")
+            err = b""
+            if log is not None:
+                log.seek(0)
+                err = log.read()[-2000:]
+            raise RuntimeError(f"registry exited with {proc.returncode}: {err.decode(errors='replace')}")
         try:
             urllib.request.urlopen(url, timeout=2, context=context)  # type: ignore[arg-type]
             return
@@ -67,14 +71,17 @@ def start_registry(storage: Path, *, config: Path | None = None,
            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(storage),
            "REGISTRY_STORAGE_DELETE_ENABLED": "true",
            **(extra_env or {})}
-    proc = subprocess.Popen([exe, "serve", str(config or TESTDATA / "registry.yml")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_http(f"{scheme}://127.0.0.1:{port}/v2/", proc, context=ssl_context)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    # Its log goes to an unnamed file, never to a pipe: nobody reads a pipe during the session,
+    # and once ~64 KiB of "blob unknown" lines fill it, every request of the registry blocks.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([exe, "serve", str(config or TESTDATA / "registry.yml")], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_for_http(f"{scheme}://127.0.0.1:{port}/v2/", proc, context=ssl_context, log=log)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     return f"127.0.0.1:{port}", proc
 
 
@@ -85,8 +92,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
 
 
 @pytest.fixture(scope="session")
