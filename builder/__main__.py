@@ -1,4 +1,4 @@
-"""`python -m builder` → the pybuild CLI."""
+"""`python -m builder` -> the pybuild CLI (builder.cli.main). Imports builder.cli only."""
 
 import sys
 

@@ -1,11 +1,7 @@
-"""A parse cache for Dockerfiles: text → grammar.ast.Dockerfile, kept as JSON under
-``$PYBUILD_ROOT/cache/ast/`` so a rebuild does not import lark or build the parser (~60 ms of
-a ~200 ms no-op build).
-
-The key covers the text, the file name and the grammar package's own files (size + mtime), so
-a changed grammar never serves a stale tree. The JSON names only grammar.ast dataclasses, and
-decoding accepts nothing else (no pickle). Imports grammar.ast only (grammar itself on a miss).
-"""
+"""Dockerfile parse cache: text -> grammar.ast.Dockerfile as JSON under ``cache/ast/``, so a no-op
+rebuild neither imports lark nor builds the parser (~60 ms of ~200 ms). The key covers the text, the
+file name and the grammar package's files (size + mtime); decoding accepts grammar.ast dataclasses
+only (no pickle). Imports grammar.ast (grammar itself on a miss) and registry.store."""
 
 from __future__ import annotations
 

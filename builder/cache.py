@@ -1,10 +1,7 @@
-"""The build cache index: step key → StepResult, plus the key documents behind each key.
-
-On disk (DESIGN §2.6): ``cache/keys/<hex>.json`` (the result) and ``cache/explain/<hex>.json``
-(the key document, with the per-file detail, so a later miss can be explained). Writes are
-atomic; a record whose layer blob is gone from the store is treated as a miss. The layer blobs
-a record names are kept by gc through a ``buildcache`` root (builder.engine). Imports registry only.
-"""
+"""The build cache index: step key -> StepResult in ``cache/keys/<hex>.json``, the key document behind
+it in ``cache/explain/<hex>.json`` (so a later miss can be explained). Writes are atomic; a record
+whose layer blob left the store is a miss; gc keeps record layers through the ``buildcache`` roots
+the engine writes. Imports builder.cachekey and registry only."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Cache keys as typed, canonical documents (DESIGN C8), and the explanation of a miss.
-
-A key is sha256("pybuild-cache\\0" + canonical_json(doc)) where doc = {schema, kind, parent,
-op, inputs}: ``parent`` chains the previous step's key (or the base image's manifest digest
-and platform), ``op`` is the normalized instruction (no line numbers, no comments, no proxy
-variables), ``inputs`` maps each content input (a COPY source, a bind mount) to its digest.
-Nothing in a key depends on mtimes or owners of context files. ``explain`` compares two
-documents and names what changed. Imports registry (digest, canonical_json) only.
-"""
+"""Cache keys as typed, canonical documents (DESIGN C8) and the explanation of a miss: a key is
+sha256("pybuild-cache\\0" + canonical_json({schema, kind, parent, op, inputs})), where parent chains
+the previous key (or base manifest + platform), op is the normalized instruction (no lines, comments
+or proxy vars) and inputs are content digests (never mtimes or owners). Imports registry only."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""The pybuild command line: a click group with lazily imported verbs, global flags, one
-error presenter and docker's exit codes.
-
-Only the stdlib-only error bases are imported at module scope, so ``--help`` stays light
-(DESIGN C9; tests/cli/test_import_weight.py); click is imported when the group is first
-needed, which an ordinary ``run``, ``push`` or ``pull`` never does (``_FAST``: their option
-tables are read without click; click takes over for anything else). ``pybuild -t app:1.0 .``
-(a first argument that is an option or a path) falls through to ``build``.
-"""
+"""The pybuild command line: a click group of lazily imported verbs (``_VERBS``), global flags, one
+error presenter and docker's exit codes. Module scope imports only the stdlib-only error bases, so
+``--help`` stays light (DESIGN C9); an ordinary run/push/pull never imports click (``_FAST``: option
+tables, builder.commands._optable). A first argument that is an option or a path means ``build``."""
 
 from __future__ import annotations
 
@@ -17,12 +12,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from builder.commands import Globals
+from builder.commands import Globals, report_error
 from builder.errors import BuildError
 from registry.errors import RegistryError
 from runtime.errors import SandboxError
 
 if TYPE_CHECKING:
+    import click
+
     from grammar.errors import ParseError  # imported for real only by what parses
 
 # (+ grammar's ParseError: see _parse_error; `pybuild run` never imports grammar)
@@ -87,7 +84,7 @@ def _looks_like_build_arg(arg: str) -> bool:
             or arg.startswith(("http://", "https://", "git@")))
 
 
-def _make_cli() -> Any:
+def _make_cli() -> click.Group:
     """The click group (imports click; built once, on first use)."""
     import click
 
@@ -152,17 +149,17 @@ def _make_cli() -> Any:
     return cli
 
 
-_CLI: Any = None
+_CLI: click.Group | None = None
 
 
-def _cli() -> Any:
+def _cli() -> click.Group:
     global _CLI
     if _CLI is None:
         _CLI = _make_cli()
     return _CLI
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> click.Group:
     """``builder.cli.cli``, the click group, for whoever wants it (PEP 562)."""
     if name == "cli":
         return _cli()
@@ -199,10 +196,7 @@ def _expected(exc: BaseException) -> TypeGuard[BuildError | RegistryError | Sand
 def _present(exc: BaseException) -> None:
     perr = _parse_error()
     text = exc.render() if perr is not None and isinstance(exc, perr) else str(exc)
-    _err(f"error: {text}")
-    hint = getattr(exc, "hint", None)
-    if hint:
-        _err(f"hint: {hint}")
+    report_error(text, getattr(exc, "hint", None))
 
 
 def _verb(args: list[str]) -> str | None:
@@ -273,8 +267,8 @@ def _main(args: list[str]) -> int:
         if _expected(exc):
             _present(exc)
             return int(exc.exit_code)
-        _err(f"error: internal error ({type(exc).__name__}: {exc})")
-        _err("hint: this is a pybuild bug; re-run with --debug for the traceback and report it")
+        report_error(f"internal error ({type(exc).__name__}: {exc})",
+                     "this is a pybuild bug; re-run with --debug for the traceback and report it")
         return UNKNOWN_ERROR
 
 

@@ -1,11 +1,7 @@
-"""Stage → image: the ImageConfig (Docker's fields, kept in OCI form as BuildKit does), its
-history, the manifest, stored and tagged through registry.imagebuild.store_image.
-
-Deterministic: with SOURCE_DATE_EPOCH every history time and the config's ``created`` are that
-epoch; otherwise ``created`` is the time of the last history entry, so a fully cached rebuild
-gives the same image digest. Layer media types follow the manifest (OCI). Imports registry.
-(Mirrors registry.imagebuild.store_image, but leaves index.json alone when tags are unchanged.)
-"""
+"""Stage -> image: the ImageConfig (docker's fields in OCI form, as BuildKit), history, manifest,
+stored and tagged like registry.imagebuild.store_image (index.json untouched when tags are unchanged).
+Deterministic: with SOURCE_DATE_EPOCH every time is that epoch, else ``created`` is the last history
+entry's, so a fully cached rebuild gives the same digest. Imports builder.state and registry."""
 
 from __future__ import annotations
 

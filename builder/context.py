@@ -1,11 +1,7 @@
-"""The build context: a read-only walk of a directory filtered by .dockerignore, COPY/ADD source
-resolution (globs, symlinks followed at the top as docker does), and content digests.
-
-Invariants: the context is never modified; symlinks are not followed while walking (a link is
-sent as a link); a file's digest is sha256 of its bytes, looked up in a stat cache (path +
-inode + size + mtime_ns + ctime_ns → digest, kept under $PYBUILD_ROOT/cache/stat/) so an
-unchanged file is not re-read. Digests never depend on mtimes or owners. Stdlib only.
-"""
+"""The build context: a read-only walk filtered by .dockerignore, COPY/ADD source resolution (globs,
+top-level symlinks followed, as docker) and content digests. Never modifies the context; links are
+sent as links; a digest is sha256 of the bytes, behind a stat cache (path, inode, size, mtime, ctime)
+under ``cache/stat/``, never of mtimes or owners. Imports builder.dockerignore/errors, registry.store."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-""".dockerignore: parsing and matching with Docker's semantics (moby ignorefile + patternmatcher,
-as BuildKit applies them while walking a context).
-
-Rules: '#' lines are comments, lines are trimmed, '!' makes an exception, patterns are cleaned
-like Go's filepath.Clean and a leading '/' is dropped; '*' and '?' never cross '/', '**' spans
-any number of components, later patterns win, and a directory's match is inherited by everything
-under it (so '!dir/keep' re-includes one file of an excluded 'dir'). Stdlib only.
-"""
+""".dockerignore parsing and matching with docker's semantics (moby ignorefile + patternmatcher, as
+BuildKit walks a context): '#' comments, trimmed lines, '!' exceptions, Go-cleaned patterns without a
+leading '/', '*'/'?' never cross '/', '**' spans components, later patterns win, a directory's match
+covers everything below it. Imports builder.errors and registry.gomatch (Go's path.Match)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""The build engine: Dockerfile → plan → stages (independent ones in parallel) → per step:
-cache key → HIT (reuse the result; the snapshot is materialized only when a later miss needs
-it) or MISS (execute in the sandbox, diff the upper dir, commit by ChainID, record) → image.
-
-Every build leaves a record (builds/<id>.json + full step logs) with, for each miss, what
-changed against the closest earlier build. A no-op rebuild touches no snapshot and starts no
-sandbox: it hashes the context (stat cache) and looks keys up. Imports grammar, registry,
-runtime and the builder modules; heavy modules (lark, requests) load only when needed.
-"""
+"""The build engine: Dockerfile -> plan -> stages (independent ones in parallel) -> per step a cache
+key: HIT reuses the result (snapshots materialize only when a later miss needs them), MISS runs in
+the sandbox, diffs the upper dir, commits by ChainID and records. Every build leaves a record with
+why each key missed. Imports builder, grammar, registry and runtime; lark/requests only on demand."""
 
 from __future__ import annotations
 

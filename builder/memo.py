@@ -1,14 +1,7 @@
-"""The build memo: a fast path for a rebuild whose inputs did not move.
-
-A build's cache keys are a function of the Dockerfile, the build options, the base images'
-digests and the context's content. After a successful build the memo records, under
-``cache/memo/<key>.json``, those inputs' fingerprints (context metadata, resolved image
-digests) and the result. A later build with the same Dockerfile and options checks them (a
-walk with lstat, a few lookups) and, when nothing moved, returns the same image with every step
-CACHED, without parsing, planning or hashing. Any difference (a touched file included) falls
-back to the engine, whose content-based keys decide. Builds reading URLs or git repositories,
---no-cache, --pull and --cache-to never use it. Imports registry and light builder modules.
-"""
+"""The build memo: a rebuild whose inputs did not move (same Dockerfile and options, context metadata
+and base digests unchanged: a walk with lstat and a few lookups) returns the recorded image with every
+step CACHED, without parsing, planning or hashing; any difference falls back to the engine. Never used
+with URLs/git, --no-cache, --pull or --cache-to. Imports registry and light builder modules."""
 
 from __future__ import annotations
 

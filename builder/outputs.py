@@ -1,10 +1,7 @@
-"""Build outputs: ``--push`` (every tag, through registry.remote), and ``-o/--output``
-type=oci|docker (an image archive, registry.archive), type=local (the image's filesystem in a
-directory) and type=tar (that filesystem as one tar; ``dest=-`` writes stdout's binary stream).
-
-The filesystem outputs apply the layers in order with runtime.unpack (whiteouts honoured, every
-path kept inside the destination). Imports registry and runtime.
-"""
+"""Build outputs: ``--push`` (every tag, registry.remote) and ``-o`` type=oci|docker (an archive,
+registry.archive), type=local (the image's filesystem in a directory) or type=tar (as one tar;
+``dest=-`` is stdout). Filesystems are applied layer by layer with runtime.unpack (whiteouts honoured,
+every path inside the destination). Imports builder, registry and runtime."""
 
 from __future__ import annotations
 

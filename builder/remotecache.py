@@ -1,12 +1,7 @@
-"""Build cache in a registry (--cache-to / --cache-from type=registry,ref=REF[,mode=min|max]).
-
-The cache is a plain OCI image manifest: its layers are the cached steps' layer blobs and its
-config (media type ``application/vnd.pybuild.cache.config.v1+json``) lists the records (key →
-layer, diff_id, config, history). Any registry that stores images stores it. Import is lazy:
-the manifest and config are read once; a layer is downloaded (verified) only when a key hits,
-then the record joins the local cache, so another machine with an empty store reuses it.
-Imports registry (and registry.remote lazily).
-"""
+"""Build cache in a registry (--cache-to/--cache-from type=registry,ref=REF[,mode=min|max]): an OCI
+image manifest whose layers are cached steps' blobs and whose config lists the records. Imported
+lazily: a layer is downloaded (verified) only when its key hits, then joins the local cache. Imports
+builder.cache/errors/options and registry (registry.remote inside functions)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""A stage's state while it builds: the image config so far, its layers and history, the ARGs
-in scope, the shell, and the cache key of the chain.
-
-The env a word expands with is ARGs overlaid by ENV (ENV wins, as in docker); RUN sees the
-image env plus the declared ARGs not shadowed by ENV (proxy args included, never hashed).
-Imports registry (model, digest) only.
-"""
+"""A stage's state while it builds: the config so far, layers, history, ARGs in scope, the shell and
+the chain's cache key. Words expand with ARGs overlaid by ENV (ENV wins); RUN sees the image env plus
+declared ARGs not shadowed by ENV (proxy args included, never hashed). Imports builder.cachekey and
+registry (model, digest) only."""
 
 from __future__ import annotations
 

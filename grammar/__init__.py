@@ -1,31 +1,23 @@
-"""grammar: the Dockerfile language, as BuildKit reads it (lark grammar, typed AST, word
-expansion, errors). No I/O and no imports of other pybuild packages; third-party: lark only,
-imported on the first parse (``import grammar`` stays light for ``pybuild --help``).
+"""grammar: the Dockerfile language as BuildKit reads it (lark grammar, typed AST, word expansion,
+errors). Public surface: parse, dump, to_buildkit_json, parse_mount, expands_words /
+EXPANDING_INSTRUCTIONS, words, lint.undefined_vars, ParseError (detailed below). No I/O and no other
+pybuild package; lark only, imported on the first parse (``import grammar`` stays light)."""
 
-Public surface (everything else is private):
-
-``parse(text, *, filename="Dockerfile") -> ast.Dockerfile``
-    ``text`` is ``str`` or ``bytes``. Raises ``ParseError`` (``.filename .line .column
-    .excerpt .hint``; ``.message`` is BuildKit's wording; ``.render()`` adds the line and a
-    caret). The Dockerfile has ``directives`` (escape, syntax, check), ``instructions``
-    (typed frozen dataclasses in file order, ARGs before the first FROM included, each with
-    ``span``, ``keyword`` as spelled, ``original`` and raw ``flags``), ``warnings``
-    (``ast.LintWarning``: BuildKit rule name, message, span), and ``stages``/``meta_args``.
-``dump(df) -> str``
-    Stable text form of the AST (testdata/parser/*/ast.txt).
-``to_buildkit_json(text, *, filename) -> list[dict]``
-    BuildKit's *parse tree* (its parser package, before instruction validation) as the
-    conformance records: cmd, sub_cmd, json, original, start_line, end_line, flags, value,
-    heredocs. Unknown keywords and flags are accepted here, as in BuildKit's parser.
-``words``: ``expand(word, env, escape=)``, ``expand_words``, ``expand_heredoc``,
-    ``process`` (-> ``Expansion`` with matched/unmatched names), ``referenced``.
-``expands_words(x)`` / ``EXPANDING_INSTRUCTIONS``
-    Which instructions expand ``$VAR`` in their words (the builder does it per step).
-``parse_mount(spec, *, expand=None) -> ast.Mount``
-    A RUN --mount spec; with ``expand`` the values are expanded first.
-``lint.undefined_vars(df, base_env=...)``
-    The UndefinedVar check once base-image environments are known.
-"""
+# parse(text, *, filename="Dockerfile") -> ast.Dockerfile
+#     text is str or bytes. Raises ParseError (.filename .line .column .excerpt .hint; .message is
+#     BuildKit's wording; .render() adds the line and a caret). The Dockerfile has directives (escape,
+#     syntax, check), instructions (typed frozen dataclasses in file order, ARGs before the first FROM
+#     included, each with span, keyword as spelled, original and raw flags), warnings
+#     (ast.LintWarning: BuildKit rule name, message, span), and stages/meta_args.
+# dump(df) -> str: the stable text form of the AST (testdata/parser/*/ast.txt).
+# to_buildkit_json(text, *, filename) -> list[dict]: BuildKit's parse tree (before instruction
+#     validation) as conformance records: cmd, sub_cmd, json, original, start_line, end_line, flags,
+#     value, heredocs. Unknown keywords and flags are accepted here, as in BuildKit's parser.
+# words: expand(word, env, escape=), expand_words, expand_heredoc, process (-> Expansion with
+#     matched/unmatched names), referenced.
+# expands_words(x) / EXPANDING_INSTRUCTIONS: which instructions expand $VAR (the builder does it).
+# parse_mount(spec, *, expand=None) -> ast.Mount: a RUN --mount spec, values expanded first if asked.
+# lint.undefined_vars(df, base_env=...): the UndefinedVar check once base environments are known.
 
 from __future__ import annotations
 

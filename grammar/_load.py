@@ -1,10 +1,7 @@
-"""Build the LALR parser for grammar/dockerfile.lark once per process (DESIGN 2.7).
-
-The grammar is package data read through ``Lark.open_from_package`` (works from wheels and
-zips). The analysed tables are cached in a file under the user's cache directory, so a warm
-process pays no grammar compilation; an unusable cache directory just means no cache.
-Imports lark; nothing outside grammar/ sees a lark type.
-"""
+"""Build the LALR parser for grammar/dockerfile.lark once per process (DESIGN 2.7): package data read
+through ``Lark.open_from_package`` (wheels and zips), analysed tables cached in a file under the
+user's cache directory (an unusable directory just means no cache). Imports lark; no lark type
+leaves grammar/."""
 
 from __future__ import annotations
 

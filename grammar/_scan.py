@@ -1,12 +1,7 @@
-"""The line pass: physical lines -> logical instructions, as BuildKit's parser.Parse reads them.
-
-BOM, parser directives (``# syntax``, ``# escape``, ``# check`` at the very top), comment and
-blank lines, continuation lines (with either escape token; comments and blank lines inside a
-continuation are dropped), and heredoc bodies, which are read only after the instruction
-that announces them has been parsed (grammar.transform). The result is a Tree: BuildKit's
-parse tree plus the physical lines, kept for error excerpts. Imports lark via transform (not
-grammar.ast: the JSON export needs no typed AST).
-"""
+"""The line pass: physical lines -> logical instructions, as BuildKit's parser.Parse reads them: BOM,
+parser directives at the very top, comments and blank lines, continuations (with either escape token)
+and heredoc bodies (read once the announcing instruction is parsed). The Tree is BuildKit's parse
+tree plus the physical lines, for error excerpts. Imports grammar.errors/transform/words (so lark)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""The typed Dockerfile AST: frozen dataclasses, one per instruction, each with a Span.
+"""The typed Dockerfile AST: frozen dataclasses, one per instruction, each with a Span. Values stay as
+written (quotes, escapes and $VAR unexpanded, where BuildKit keeps them): the builder expands per step
+with the current ARG/ENV values, per ``EXPANDS_WORDS`` and ``EXPANDED_FIELDS`` (details below).
+Stdlib only."""
 
-Values are kept exactly as written: words are *not* expanded (quotes, escapes and ``$VAR``
-stay where BuildKit keeps them), because the builder expands them per step with the current
-ARG/ENV values. ``EXPANDS_WORDS`` says whether an instruction expands at all (RUN, CMD,
-ENTRYPOINT, SHELL and HEALTHCHECK leave ``$VAR`` to the shell); ``EXPANDED_FIELDS`` names the
-fields to expand, each word with ``grammar.words.expand(word, env, escape=df.escape)`` except:
-EXPOSE ports with ``expand_words`` (one word may give several), RUN mounts with
-``grammar.parse_mount(m.raw, expand=...)``, and COPY/ADD inline sources whose ``expand`` is
-true with ``expand_heredoc``. Stdlib only.
-"""
+# RUN, CMD, ENTRYPOINT, SHELL and HEALTHCHECK leave $VAR to the shell. Each field named in
+# EXPANDED_FIELDS expands word by word with grammar.words.expand(word, env, escape=df.escape), except:
+# EXPOSE ports with expand_words (one word may give several), RUN mounts with
+# grammar.parse_mount(m.raw, expand=...), and COPY/ADD inline sources whose expand is true with
+# expand_heredoc.
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Parse tree -> typed instructions, with the checks of BuildKit's instruction layer.
-
-BuildKit's parser accepts any keyword and any flag; its ``instructions`` package then
-rejects unknown instructions, unknown, duplicate or malformed flags, wrong argument counts,
-bad HEALTHCHECK options and RUN --mount specs. This module does the same, with BuildKit's
-messages, and points every error at the offending token. Imports grammar.transform (and so
-lark) for the Node type and heredoc markers.
-"""
+"""Parse tree -> typed instructions, with the checks of BuildKit's instruction layer (its parser
+accepts any keyword and flag; ``instructions`` then rejects unknown instructions, unknown, duplicate
+or malformed flags, wrong argument counts, bad HEALTHCHECK options and --mount specs), with BuildKit's
+messages and every error at the offending token. Imports grammar.ast/errors/transform (so lark)."""
 
 from __future__ import annotations
 

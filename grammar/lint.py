@@ -1,11 +1,7 @@
-"""Build checks: lint findings named after BuildKit's rules, each with a Span.
-
-``check(df, tree)`` runs the checks that need only the Dockerfile (called by grammar.parse).
-``undefined_vars(df, base_env=...)`` is the UndefinedVar check, which needs each stage's
-base image environment: parse() runs it for the stages whose environment is known without a
-registry (FROM scratch, or FROM an earlier stage of the same file); the builder runs it again
-with the real base-image environments. ``# check=skip=...`` is honoured by both. Stdlib only.
-"""
+"""Build checks named after BuildKit's rules, each with a Span: ``check(df, tree)`` needs only the
+Dockerfile (run by grammar.parse); ``undefined_vars(df, base_env=...)`` needs each stage's base env
+(parse runs it where that is known offline, the builder again with real images). ``# check=skip=``
+is honoured by both. Imports grammar (ast, errors, instructions, words)."""
 
 from __future__ import annotations
 

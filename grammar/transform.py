@@ -1,11 +1,7 @@
-"""One logical line -> one parse-tree Node, through the lark grammar (grammar/dockerfile.lark).
-
-A Node is BuildKit's parser.Node in Python: keyword as spelled, flag words (quotes removed,
-not validated), the argument values in the shape BuildKit's line parsers give them, the JSON
-(exec form) attribute and, for ONBUILD, the trigger Node. grammar/instructions.py turns
-Nodes into typed instructions; grammar/export.py prints them as BuildKit's parse tree.
-Imports lark (through _load); no lark type leaves this module.
-"""
+"""One logical line -> one parse-tree Node through the lark grammar (grammar/dockerfile.lark). A Node is
+BuildKit's parser.Node: keyword as spelled, flag words (unquoted, unvalidated), argument values as
+BuildKit's line parsers shape them, the JSON attribute and ONBUILD's trigger. Imports lark (through
+grammar._load), grammar.errors/words; no lark type leaves this module."""
 
 from __future__ import annotations
 

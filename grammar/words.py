@@ -1,11 +1,7 @@
-"""Dockerfile word expansion, with the semantics of BuildKit's shell lexer (``shell.Lex``).
-
-``$V ${V} ${V:-w} ${V-w} ${V:+w} ${V+w} ${V:?m} ${V?m} ${V#p} ${V##p} ${V%p} ${V%%p}
-${V/p/r} ${V//p/r}``, single and double quotes, and the escape token (``\\`` or the file's
-``# escape=`` backtick). The builder calls this per step with the current ARG/ENV values for
-the instructions that expand (``grammar.ast.Instruction.EXPANDS_WORDS``); RUN, CMD,
-ENTRYPOINT and SHELL text is left to the shell. Pure functions, stdlib only.
-"""
+"""Dockerfile word expansion with BuildKit's shell lexer semantics (``shell.Lex``): $V ${V} and the
+${V:-w} ${V-w} ${V:+w} ${V+w} ${V:?m} ${V?m} ${V#p} ${V##p} ${V%p} ${V%%p} ${V/p/r} ${V//p/r} forms,
+single and double quotes, the escape token (\\ or the file's backtick). The builder calls it per step
+for the instructions that expand; shell text is left alone. Pure; imports grammar.errors only."""
 
 from __future__ import annotations
 

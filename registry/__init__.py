@@ -1,14 +1,8 @@
-"""registry: images as data. The bottom layer of pybuild.
-
-Digests, media types, the OCI / Docker v2 model, references, compression codecs,
-deterministic layer tars, the local content store (an OCI image layout) and, under
-``registry.remote``, the distribution client. Imports nothing from the other pybuild
-packages; third-party: requests, zstandard, cryptography, isal (all imported lazily).
-
-Public surface (lazy, PEP 562): Digest, Descriptor, Manifest, Index, ImageConfig,
-DirStore, StoreImage, resolve_image, parse_reference, Reference, canonical_json. Modules:
-image (resolution, listing), archive (save/load/import), gc (roots, collection), changes.
-"""
+"""registry: images as data, the bottom layer: digests, media types, the OCI / Docker v2 model,
+references, codecs, deterministic layer tars, the local store (an OCI layout) and registry.remote.
+Public surface (lazy, PEP 562): Digest, Descriptor, Manifest, Index, ImageConfig, DirStore, StoreImage,
+resolve_image, parse_reference, Reference, canonical_json. Imports no other pybuild package;
+third-party (requests, zstandard, cryptography, isal) only lazily."""
 
 from __future__ import annotations
 

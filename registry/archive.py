@@ -1,14 +1,8 @@
-"""Image tarballs: ``save`` (docker-archive, oci-archive), ``load`` (both, auto-detected,
-compressed or not) and ``import_rootfs`` (a root filesystem tar becomes a one-layer image).
-
-docker-archive is written the way docker 25+ writes it: an OCI image layout (``oci-layout``,
-``index.json``, ``blobs/sha256/``) holding the stored blobs unchanged, plus docker's
-``manifest.json`` that points at the same blobs. Loading it back keeps the manifest digest;
-older readers (docker, podman) use manifest.json. A classic docker-archive (podman, docker
-< 25: ``<id>.json`` + uncompressed ``layer.tar`` files) loads with its config digest (the
-image ID) kept and its layers gzip-compressed deterministically. Every blob that enters the
-store is verified; tar member names are checked and never extracted to disk. Stdlib only.
-"""
+"""Image tarballs: ``save`` (docker-archive, oci-archive), ``load`` (both, detected, compressed or not)
+and ``import_rootfs`` (a rootfs tar -> a one-layer image). docker-archive is written as docker 25+
+writes it (an OCI layout plus docker's manifest.json over the same blobs); a classic one loads with its
+image ID kept. Every blob entering the store is verified; members are never extracted to disk. Imports
+registry only."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Config edits written as Dockerfile instructions: ``import -c 'CMD ["sh"]'`` (docker's
 ``--change``). Applies CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME
 and WORKDIR to a ContainerConfig, with Dockerfile quoting and $VAR / ${VAR} / ${VAR:-x} /
-${VAR:+x} expansion from the config's own environment. Pure functions; stdlib only.
+${VAR:+x} expansion from the config's own environment. Pure; imports registry only.
 """
 
 from __future__ import annotations

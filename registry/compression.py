@@ -1,10 +1,7 @@
-"""Streaming layer codecs: gzip (python-isal's igzip when installed, else zlib), zstd
-(zstandard, imported lazily) and none, both directions.
-
-Output is deterministic (DESIGN C3): gzip headers carry mtime 0 and no file name; zstd uses a
-fixed level and a fixed worker count (zstd's multi-threaded output does not depend on timing).
-``compressor`` never closes the stream it writes into. Stdlib plus lazily imported isal/zstandard.
-"""
+"""Streaming layer codecs, both directions: gzip (python-isal's igzip when installed, else zlib), zstd
+(zstandard, imported lazily) and none. Output is deterministic (DESIGN C3): gzip headers carry mtime 0
+and no name, zstd a fixed level and worker count. ``compressor`` never closes the stream it writes to.
+Imports registry.mediatypes; isal/zstandard lazily."""
 
 from __future__ import annotations
 

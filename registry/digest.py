@@ -2,7 +2,7 @@
 
 A Digest is parsed once at the edge and carried as a value (DESIGN C1). VerifyingReader
 checks size and digest when the stream reaches EOF, so nothing unverified is trusted.
-Stdlib only.
+Imports registry.errors only.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Garbage collection of the local store: mark from the roots, sweep unreachable blobs.
-
-Roots are (1) every index.json entry (tags and dangling images), (2) root files that upper
-layers write under ``$PYBUILD_ROOT/roots/<kind>/<name>.json`` (build cache records,
-containers, running builds), (3) ``extra_roots`` passed by the caller. A root that is a
-manifest or an index keeps everything below it. A root file bound to a process (``lease``)
-is stale once that process is gone: it is ignored and removed. gc holds the store lock
-exclusively while writers hold it shared, so a running pull/import/build never loses the
-blobs it has written but not yet tagged. Stdlib only.
-"""
+"""Store garbage collection: mark from the roots (index.json entries, ``roots/<kind>/<name>.json`` files
+of upper layers, caller's extra roots; a manifest or index keeps everything below it), sweep the rest.
+A root leased to a process is dropped once it is gone. gc holds the store lock exclusively, writers
+hold it shared, so a running pull/build never loses untagged blobs. Imports registry only."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Images in the local store as users name them.
-
-Resolves a user's image argument the way docker does (full or short name, ``name@sha256:…``,
-an image ID = config digest, full or a unique prefix), wraps a stored image as
-``StoreImage`` (manifest, config, layers; the Image protocol of DESIGN C4), picks a platform
-from an index, and lists what ``images`` prints. Only small JSON blobs (manifests, configs)
-are read here, never layers, so listing a store stays fast. Stdlib only.
-"""
+"""Images in the local store as users name them: resolution as docker does it (full or short name,
+``name@sha256:…``, an image ID or a unique prefix), ``StoreImage`` (the Image protocol of DESIGN C4),
+platform choice from an index, and what ``images`` lists. Reads only small JSON blobs (manifests,
+configs), never layers, so listing stays fast. Imports registry only."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The one place pybuild creates manifests for images it makes (import, the offline base
 images, and later the builder's commit). Timestamps come from the caller (clamped to
-SOURCE_DATE_EPOCH there), so identical inputs give identical digests. Stdlib only.
+SOURCE_DATE_EPOCH there), so identical inputs give identical digests. Imports registry only.
 """
 
 from __future__ import annotations

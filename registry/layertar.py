@@ -2,7 +2,7 @@
 no atime/ctime, mtimes clamped to SOURCE_DATE_EPOCH, SCHILY.xattr records, OCI whiteouts.
 Headers are byte-identical to tarfile's PAX output; the stream goes out in REBLOCK blocks, which
 write_layer compresses in a codec thread fed the same blocks as compressor() (bytes independent
-of threading), hashing diff_id and blob digest in the same pass. Stdlib only (+ codecs, lazily).
+of threading), hashing diff_id and blob digest in the same pass. Imports registry only.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""The OCI / Docker v2 image model: descriptors, manifests, indexes, image configs.
-
-Values are frozen dataclasses parsed from (and rendered to) JSON. Unknown fields are kept
-in ``extra`` so a round trip loses nothing. Digests of things we were *given* are always
-computed over the raw bytes (DESIGN C1); ``canonical_json`` is the one serializer for
-everything pybuild *creates*. Stdlib only.
-"""
+"""The OCI / Docker v2 image model: descriptors, manifests, indexes, image configs as frozen dataclasses
+parsed from and rendered to JSON; unknown fields kept in ``extra`` so a round trip loses nothing.
+Digests of what we were given are over the raw bytes (DESIGN C1); ``canonical_json`` is the one
+serializer for what pybuild creates. Imports registry (digest, errors, mediatypes) only."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``busybox`` → ``docker.io/library/busybox:latest``; ``host:port/repo[:tag][@sha256:…]`` kept
 as given; repository names must be lowercase; a bad reference raises InvalidReference
-naming the text and the rule it broke. Stdlib only.
+naming the text and the rule it broke. Imports registry (digest, errors) only.
 """
 
 from __future__ import annotations

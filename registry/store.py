@@ -1,16 +1,8 @@
-"""DirStore: the local content store, an OCI image layout on disk (DESIGN §2.6, C2).
-
-Layout under the root: ``oci-layout``, ``index.json`` (tags are descriptors annotated with
-``org.opencontainers.image.ref.name``), ``blobs/sha256/<hex>`` (immutable, verified on
-write and on read), ``ingest/`` (partial writes), plus directories owned by other layers
-(``snapshots/``, ``cache/``, ``containers/``, ``builds/``). skopeo and umoci read it as
-``oci:<root>:<name>``.
-
-Invariants: every blob write goes through ``ingest()`` (temp file, hash while writing,
-fsync, rename); index.json is replaced atomically under ``index.lock``; ``lock`` is shared
-by writers and taken exclusively by gc, so gc never removes what a running pull/build
-writes. Stdlib only.
-"""
+"""DirStore: the local content store, an OCI image layout (DESIGN §2.6, C2) that skopeo reads as
+``oci:<root>:<name>``: oci-layout, index.json (tags annotated ``org.opencontainers.image.ref.name``),
+blobs/sha256/ (verified on write and read), ingest/; other layers own snapshots/, cache/, builds/...
+Every blob write goes through ``ingest()``; index.json is replaced atomically under ``index.lock``;
+writers share ``lock`` and gc takes it exclusively. Imports registry only."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""runtime: filesystems and processes.
-
-Layer unpacking, overlay/copy snapshots, layer diffs, the namespace sandbox, cgroups and
-``run_image``. May import ``registry`` (model, store, compression); otherwise stdlib only
-(ctypes for the syscalls Python 3.11 lacks). Nothing here imports click or prints.
-"""
+"""runtime: filesystems and processes: layer unpacking, overlay/copy snapshots, layer diffs, the
+namespace sandbox, cgroups, ``run_image``, container lifecycle and networking. May import
+``registry`` (never registry.remote at module scope); otherwise stdlib only (ctypes in
+runtime._syscalls). Nothing here imports click or prints."""

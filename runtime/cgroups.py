@@ -1,11 +1,8 @@
-"""Control groups for containers: one interface, a cgroup v1 driver and a cgroup v2 driver.
-
-``create(name, resources)`` makes the container's cgroup (v1: one directory per controller,
-nested under the caller's own cgroup of that controller; v2: one directory at the root when
-root, under the delegated subtree when rootless), writes the limits and returns a handle the
-parent uses to add PID 1, read OOM kills and stats, kill everything left and remove the
-cgroup. Every limit the user asked for is applied or the call fails (fail closed). Stdlib only.
-"""
+"""Control groups for containers: one interface over a cgroup v1 and a v2 driver. ``create(name,
+resources)`` makes the container's cgroup (v1: per controller, under the caller's own; v2: at the root,
+or in the delegated subtree rootless), writes the limits (fail closed: every asked limit is applied or
+the call fails) and returns the handle for PID 1, OOM and stats, kill-all, removal. Imports
+runtime.errors only."""
 
 from __future__ import annotations
 

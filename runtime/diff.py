@@ -1,9 +1,7 @@
-"""Layers from snapshots (DESIGN §0): overlay reads only the upper dir, O(bytes changed)
-(whiteout devices/xattrs -> ``.wh.NAME``, ``overlay.opaque=y`` -> ``.wh..wh..opq``, overlay
-xattrs dropped, hardlinks kept, sockets skipped); copy compares the tree with its parent and
-gives the same entries. Sorted; written by registry.layertar in one pass. Imports: registry,
-runtime.
-"""
+"""Layers from snapshots (DESIGN §0): overlay reads only the upper dir, O(bytes changed) (whiteouts ->
+``.wh.NAME``, opaque dirs -> ``.wh..wh..opq``, overlay xattrs dropped, hardlinks kept, sockets
+skipped); copy compares the tree with its parent and gives the same entries. Sorted, written by
+registry.layertar in one pass. Imports registry, runtime.snapshots/unpack (_syscalls for statx)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
-"""The builder's file actions (COPY, ADD, WORKDIR) as plain JSON-serializable dicts run by
-``execute(action, root)``, inside the container's mount (and user) namespace, so ownership is
-right rootless too and --chown names come from the root's own /etc/passwd (whiteouts and
-symlinks of the merged rootfs honoured). Destinations resolve inside ``root``, sources (and
-their globs) inside ``source_root``; files are replaced, never written through; --chmod is
-octal or chmod(1) symbolic, applied per file. Imports: stdlib, registry.compression,
-runtime.pathsafe/unpack/users/errors (and, for the "layer" action only, registry.layertar/
-store and runtime.diff/snapshots).
-"""
+"""The builder's file actions (COPY, ADD, WORKDIR) as JSON dicts run by ``execute(action, root)`` in the
+container's mount (and user) namespace, so ownership is right rootless and --chown names come from
+the root's /etc/passwd. Destinations resolve inside ``root``, sources and globs inside ``source_root``;
+files are replaced, never written through. Imports registry.gomatch, runtime (_syscalls, pathsafe,
+unpack, users, errors); registry.compression/layertar/store, runtime.diff/snapshots inside functions."""
 
 from __future__ import annotations
 

@@ -1,16 +1,12 @@
 """``pybuild run``: image -> container record -> rootfs snapshot -> OCI spec -> sandbox -> exit code.
+``run_image`` is the foreground path (the container's code; 125/126/127 for pybuild's failures),
+``create_container`` the half shared with ``run -d`` (whose monitor starts it via container_launcher).
+Start-up matters: a sandbox child spawned early, spec and mounts in memory, a --rm layer ephemeral.
+Imports runtime.containers/spec/errors; registry and the rest of runtime inside functions."""
 
-``run_image(store, request)`` is the foreground path (docker's exit codes: the container's own,
-125 for pybuild's failures, 126/127 when the command cannot be run); ``create_container`` is the
-shared first half (also used by ``run -d``, whose monitor starts the container through
-``container_launcher()``). The container's record lives in runtime.containers' format under
-``$PYBUILD_ROOT/containers/<id>/``: ``container.json``, ``state.json``, ``bundle/config.json``
-(the OCI spec the sandbox, runc or crun consume), ``hosts``/``hostname``/``resolv.conf``.
-Start-up matters here (issue 4): the foreground path takes a sandbox child spawned before the
-image was even resolved, keeps the spec and mounts in memory, and makes a ``--rm`` layer
-ephemeral (no fsyncs, mounted once ``volatile``). Imports: registry (store, image, model),
-runtime.*; registry.remote only to pull; runtime.snapshots/rootfs/sandbox inside functions.
-"""
+# A container's record lives in runtime.containers' format under $PYBUILD_ROOT/containers/<id>/:
+# container.json, state.json, bundle/config.json (the OCI spec the sandbox, runc or crun consume) and
+# hosts/hostname/resolv.conf. The registry client is imported only when an image must be pulled.
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""Snapshots (DESIGN §2.5, C4): ``snapshots/<id>/{fs,work,meta.json}`` (kinds active, view,
-committed; image layers committed by ChainID), ``keys/<sha256(key)>`` -> id symlinks, mutations
-under ``snapshots/lock`` (flock). OverlaySnapshotter stacks committed dirs as overlay lowers;
-CopySnapshotter copies the parent (no overlayfs). ``mount_all`` is only for the sandbox's own
-mount namespace: nothing here mounts on the host. Ephemeral snapshots (a foreground ``run
---rm`` layer) skip fsyncs and are mounted once, ``volatile`` (``single_use``). Imports: stdlib,
-registry.store, runtime (unpack, pathsafe, _syscalls only inside the functions that need them).
-"""
+"""Snapshots (DESIGN §2.5, C4): ``snapshots/<id>/{fs,work,meta.json}`` (active, view, committed; layers
+committed by ChainID), ``keys/<sha256(key)>`` -> id links, mutations under an flock. Overlay stacks
+committed dirs as lowers; Copy copies the parent. ``mount_all`` runs only in the sandbox's mount
+namespace; ephemeral (--rm) snapshots skip fsyncs and mount ``volatile``. Imports registry.store,
+runtime.errors; runtime.unpack/pathsafe/_syscalls inside functions."""
 
 from __future__ import annotations
 

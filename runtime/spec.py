@@ -1,10 +1,7 @@
-"""The container as data: an OCI runtime-spec ``config.json`` built from an image config plus
-docker-style overrides (``RunOptions``). Pure: no I/O except reading nothing at all.
-
-runtime.nsinit consumes exactly this document (plus the rootfs mounts), and ``--runtime runc``
-hands the same document to runc. pybuild-only data rides in ``annotations`` under
-``io.pybuild.*`` (the unresolved USER string, --init, the seccomp choice). Stdlib + registry.model.
-"""
+"""The container as data: an OCI runtime-spec ``config.json`` from an image config plus docker-style
+overrides (``RunOptions``); runtime.nsinit consumes exactly this document, and runc gets the same.
+pybuild-only data rides in ``io.pybuild.*`` annotations (the unresolved USER, --init, seccomp). Pure,
+no I/O. Imports runtime.cgroups/errors (_syscalls' capability tables inside functions)."""
 
 from __future__ import annotations
 

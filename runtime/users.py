@@ -7,6 +7,7 @@ Imports: stdlib, runtime.pathsafe/errors.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,18 +62,24 @@ def _int(text: str) -> int | None:
     return value if value <= MAX_ID else None
 
 
-def parse_passwd(data: bytes) -> list[PasswdEntry]:
-    """Entries of a passwd file; malformed lines (and NIS '+'/'-' lines) are skipped."""
-    out = []
+def _records(data: bytes, fields: int) -> Iterator[list[str]]:
+    """The ':'-separated records of a passwd/group file with at least ``fields`` fields and a
+    name; blank, comment and NIS ('+'/'-') lines are skipped."""
     for raw in data.decode("utf-8", "surrogateescape").splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", "+", "-")):
             continue
         parts = line.split(":")
-        if len(parts) < 4:
-            continue
+        if len(parts) >= fields and parts[0]:
+            yield parts
+
+
+def parse_passwd(data: bytes) -> list[PasswdEntry]:
+    """Entries of a passwd file; malformed lines (and NIS '+'/'-' lines) are skipped."""
+    out = []
+    for parts in _records(data, 4):
         uid, gid = _int(parts[2]), _int(parts[3])
-        if uid is None or gid is None or not parts[0]:
+        if uid is None or gid is None:
             continue
         home = parts[5] if len(parts) > 5 else ""
         shell = parts[6] if len(parts) > 6 else ""
@@ -81,16 +88,11 @@ def parse_passwd(data: bytes) -> list[PasswdEntry]:
 
 
 def parse_group(data: bytes) -> list[GroupEntry]:
+    """Entries of a group file; malformed lines (and NIS '+'/'-' lines) are skipped."""
     out = []
-    for raw in data.decode("utf-8", "surrogateescape").splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", "+", "-")):
-            continue
-        parts = line.split(":")
-        if len(parts) < 3:
-            continue
+    for parts in _records(data, 3):
         gid = _int(parts[2])
-        if gid is None or not parts[0]:
+        if gid is None:
             continue
         members = tuple(m.strip() for m in parts[3].split(",") if m.strip()) if len(parts) > 3 else ()
         out.append(GroupEntry(parts[0], gid, members))

@@ -8,6 +8,7 @@ each command imports its library code inside its function.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,12 @@ if TYPE_CHECKING:
 
     def pass_globals(f: Callable[Concatenate[Globals, P], R]) -> Callable[P, R]:
         """click.make_pass_decorator(Globals, ensure=True): the command gets ``Globals`` first."""
+
+
+def report_error(message: str, hint: str | None = None) -> None:
+    """``error: MESSAGE`` (then ``hint: HINT``) on stderr: how every verb reports a failure."""
+    sys.stderr.write(f"error: {message}\n" + (f"hint: {hint}\n" if hint else ""))
+    sys.stderr.flush()
 
 
 def returns_code(fn: Callable[P, int | None]) -> Callable[P, int]:

@@ -132,6 +132,14 @@ def render_rows(template: str, objs: Sequence[Mapping[str, Any]], headers: Mappi
     return "".join(render(template, o) + "\n" for o in objs)
 
 
+def inspect_text(views: Sequence[Mapping[str, Any]], template: str | None) -> str:
+    """docker's ``inspect`` output: a JSON array (indent 4), or, with ``-f TEMPLATE`` (other
+    than "json"), one rendered line per object. TemplateError for a bad template."""
+    if template and template != "json":
+        return "".join(render(template, v) + "\n" for v in views)
+    return json.dumps(views, indent=4) + "\n"
+
+
 def json_lines(objs: Sequence[Mapping[str, Any]]) -> str:
     """docker's ``--format json`` for lists: one compact JSON object per line."""
     return "".join(json.dumps(o, separators=(",", ":")) + "\n" for o in objs)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import click
 
 FLAG, VALUE, MULTI = "flag", "value", "multi"
 
@@ -195,7 +198,7 @@ def fast_parse(args: list[str], verb: Verb) -> tuple[str | None, dict[str, Any]]
 
 
 # -- the click side -------------------------------------------------------------------------------
-def click_options(fn: Any, options: tuple[Opt, ...]) -> Any:
+def click_options(fn: Callable[..., Any], options: tuple[Opt, ...]) -> Callable[..., Any]:
     """``fn`` decorated with click options from the table (in table order, as if written so)."""
     import click
 
@@ -225,7 +228,8 @@ def click_options(fn: Any, options: tuple[Opt, ...]) -> Any:
     return fn
 
 
-def click_command(verb: Verb, fn: Any, *, context_settings: dict[str, Any] | None = None) -> Any:
+def click_command(verb: Verb, fn: Callable[..., Any], *,
+                  context_settings: dict[str, Any] | None = None) -> click.Command:
     """The click command for ``verb`` around ``fn`` (which already takes Globals first)."""
     import click
 
@@ -241,7 +245,7 @@ def click_command(verb: Verb, fn: Any, *, context_settings: dict[str, Any] | Non
     return click.command(verb.name, context_settings=settings)(fn)
 
 
-def _callback(o: Opt) -> Callable[[Any, Any, Any], Any]:
+def _callback(o: Opt) -> Callable[[click.Context, click.Parameter, str | None], Any]:
     """A click callback that calls ``o.convert`` on the text (a ValueError becomes click's
     "Invalid value for --OPTION: ...")."""
     import click

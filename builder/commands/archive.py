@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 import click
 
-from builder.commands import Globals, pass_globals, returns_code
+from builder.commands import Globals, pass_globals, report_error, returns_code
 
 if TYPE_CHECKING:
     from registry.archive import Format, SaveItem
@@ -95,13 +95,12 @@ def save(g: Globals, images: tuple[str, ...], output: str | None, fmt: Format) -
         try:
             save_to_path(store, items, Path(output), fmt=fmt)
         except OSError as exc:
-            click.echo(f"error: save {output}: {exc.strerror or exc}", err=True)
+            report_error(f"save {output}: {exc.strerror or exc}")
             return 1
         return 0
     out = _binary(sys.stdout)
     if out.isatty():
-        click.echo("error: cowardly refusing to save to a terminal; use the -o flag or redirect",
-                   err=True)
+        report_error("cowardly refusing to save to a terminal; use the -o flag or redirect")
         return 1
     save_archive(store, items, out, fmt=fmt)
     out.flush()
@@ -124,14 +123,14 @@ def load(g: Globals, input_: str | None, quiet: bool) -> int:
         try:
             f = open(input_, "rb")  # noqa: SIM115 - closed below; open errors are reported plainly
         except OSError as exc:
-            click.echo(f"error: load {input_}: {exc.strerror or exc}", err=True)
+            report_error(f"load {input_}: {exc.strerror or exc}")
             return 1
         with f:
             loaded = load_archive(store, f, source=input_)
     else:
         stream = _binary(sys.stdin)
         if stream.isatty():
-            click.echo("error: requested load from stdin, but stdin is a terminal; use -i FILE", err=True)
+            report_error("requested load from stdin, but stdin is a terminal; use -i FILE")
             return 1
         loaded = load_archive(store, stream, source="stdin")
     if not quiet:
@@ -180,7 +179,7 @@ def import_(g: Globals, source: str, reference: str | None, changes: tuple[str, 
         try:
             f = open(source, "rb")  # noqa: SIM115 - closed below; open errors are reported plainly
         except OSError as exc:
-            click.echo(f"error: import {source}: {exc.strerror or exc}", err=True)
+            report_error(f"import {source}: {exc.strerror or exc}")
             return 1
         with f:
             result = import_rootfs(store, f, tags=tags, changes=changes, message=message,

@@ -1,16 +1,12 @@
 """`images`, `image …`, `inspect`, `history`, `tag`, `rmi`, `system df|prune`: docker's flags and
-output over the local store (registry.image, registry.gc).
-
-Only click and the stdlib at module scope; library code is imported inside the commands.
-Results go to stdout, diagnostics to stderr; exit codes follow docker (1 for a missing image
-or a conflict, 125 for bad flags).
-"""
+output over the local store (registry.image, registry.gc). Results on stdout, diagnostics on stderr;
+exit 1 for a missing image or a conflict, 125 for bad flags. Click and the stdlib at module scope;
+registry/runtime (and builder.commands.containers for `inspect`) inside the commands."""
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
-import json
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -18,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from builder.commands import Globals, pass_globals, returns_code
+from builder.commands import Globals, pass_globals, report_error, returns_code
 from builder.commands._format import (
     TemplateError,
     ellipsis,
     go_time,
     human_size,
+    inspect_text,
     json_lines,
-    render,
     render_rows,
     since,
     table,
@@ -42,10 +38,6 @@ ROOT_PROVIDERS = ("builder.cache:gc_roots", "runtime.containers:gc_roots")
 IN_USE_PROVIDERS = ("runtime.containers:images_in_use",)
 _ROOT_KINDS_IN_USE = ("containers",)
 _CACHE_KINDS = ("cache", "buildcache")   # root kinds `system df` counts as build cache
-
-
-def _err(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
 
 
 def _call_providers(names: Iterable[str], store: DirStore) -> list[Any]:
@@ -158,7 +150,7 @@ def images(g: Globals, reference: str | None, all_: bool, quiet: bool, digests: 
     store = g.store()
     listing = list_images(store)
     for name, why in listing.problems:
-        _err(f"skipping {name}: {why}")
+        report_error(f"skipping {name}: {why}")
     entries = listing.entries
     if reference:
         entries = [e for e in entries if _matches_reference(e, reference)]
@@ -216,18 +208,14 @@ def inspect(g: Globals, names: tuple[str, ...], fmt: str | None, type_: str | No
             views.append(inspect_view(resolve_image(store, name)))
         except RegistryError as exc:
             missing.append(f"no such object: {name}" if "no such image" in str(exc) else str(exc))
-    if fmt and fmt != "json":
-        try:
-            for view in views:
-                click.echo(render(fmt, view))
-        except TemplateError as exc:
-            from builder.errors import UsageError
+    try:
+        click.echo(inspect_text(views, fmt), nl=False)
+    except TemplateError as exc:
+        from builder.errors import UsageError
 
-            raise UsageError(f"--format: {exc}") from None
-    else:
-        click.echo(json.dumps(views, indent=4))
+        raise UsageError(f"--format: {exc}") from None
     for message in missing:
-        _err(message)
+        report_error(message)
     return 1 if missing else 0
 
 
@@ -349,7 +337,7 @@ def rmi(g: Globals, names: tuple[str, ...], force: bool, no_prune: bool) -> int:
         try:
             gone = remove_image(store, name, force=force, in_use=in_use)
         except RegistryError as exc:
-            _err(str(exc))
+            report_error(str(exc))
             code = 1
             continue
         for ref in gone.untagged:

@@ -1,12 +1,7 @@
-"""`pybuild parse [--json] PATH`: show how pybuild reads a Dockerfile.
-
-Without --json: the typed AST (grammar.dump) on stdout, build-check warnings on stderr; the
-Dockerfile is fully validated (unknown instructions and flags are errors). With --json:
-BuildKit's parse tree, one object per instruction with the conformance fields (cmd, sub_cmd,
-json, original, start_line, end_line, flags, value, heredocs), as BuildKit's parser gives it
-before its instruction layer; a parse error prints {"error": ...} on stdout. Exit 1 on error.
-Only click at module scope: grammar (and lark) load when the command runs.
-"""
+"""`pybuild parse [--json] PATH`: how pybuild reads a Dockerfile. Plain: the typed AST (grammar.dump)
+on stdout, build-check warnings on stderr, full validation. --json: BuildKit's parse tree, one object
+per instruction with the conformance fields; an error prints {"error": ...}. Exit 1 on error. Click
+at module scope; grammar (and lark) are imported when the command runs."""
 
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
-"""`pybuild run IMAGE [COMMAND [ARG...]]`: docker's flags and meaning, over runtime.run.
-
-The options are data (``OPTIONS``): the click command is built from that table when click is
-needed (``--help``, errors, anything unusual), and ``fast_parse`` reads an ordinary command
-line with the same table without importing click at all (``pybuild run`` must start fast:
-click's import is ~12 ms of a ~80 ms container start). tests/cli/test_run_fast.py checks that
-both parsers agree. The library is imported inside the command, the registry client only when
-an image must be pulled. Exit codes: the container's own (128+n for a signal), 125 for
-pybuild's own failures and bad flags, 126 when the command cannot be executed, 127 when it is
-not found.
-"""
+"""`pybuild run IMAGE [COMMAND [ARG...]]` over runtime.run, with docker's flags (``OPTIONS``, an option
+table: builder.cli reads an ordinary line without click, tests/cli/test_run_fast.py checks parity;
+the click command is built from the same table). Exit codes: the container's (128+n on a signal),
+125 pybuild's own failure or a bad flag, 126 not executable, 127 not found. Stdlib at module scope;
+runtime (and the registry client, only to pull) inside the command."""
 
 from __future__ import annotations
 
@@ -17,11 +11,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from builder.commands import Globals
+from builder.commands import Globals, report_error
 from builder.commands._optable import FLAG, MULTI, VALUE, Arg, Opt, Verb, click_command
 from builder.commands._optable import fast_parse as _fast_parse
 
 if TYPE_CHECKING:
+    import click
+
     from runtime.run import RunRequest
     from runtime.sandbox import Child
 
@@ -75,7 +71,7 @@ OPTIONS: tuple[Opt, ...] = (
 RUN = Verb("run", OPTIONS, (Arg("image"), Arg("command", nargs=-1)), interspersed=False)
 
 
-def _build_command() -> Any:
+def _build_command() -> click.Command:
     """The click command (imports click): for --help, bad flags and unusual command lines."""
     from builder.commands import pass_globals, returns_code
 
@@ -88,7 +84,7 @@ def _build_command() -> Any:
                          context_settings={"help_option_names": ["--help"]})
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> click.Command:
     """``run`` (the click command, for builder.cli's verb table) is built on first use."""
     if name == "run":
         cmd = _build_command()
@@ -170,10 +166,7 @@ def _run(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any]
 
 
 def _fail(exc: Exception) -> int:
-    _say(f"error: {exc}", err=True)
-    hint = getattr(exc, "hint", None)
-    if hint:
-        _say(f"hint: {hint}", err=True)
+    report_error(str(exc), getattr(exc, "hint", None))
     return 125
 
 

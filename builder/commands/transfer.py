@@ -1,18 +1,14 @@
-"""`pybuild pull | push | login | logout`: thin wrappers over registry.remote.
-
-stdout carries the machine-usable result (pull: the full reference as docker's last line;
-push: the pushed manifest digest); progress, warnings and diagnostics go to stderr (bars on a
-TTY, one line per blob otherwise). Credentials are never echoed. Stdlib only at module scope:
-push and pull are option tables (builder.commands._optable) that builder.cli reads without
-click for an ordinary command line (``push_fast``/``pull_fast``); the click commands are built
-from the same tables on first use (PEP 562).
-"""
+"""`pybuild pull | push | login | logout` over registry.remote. stdout: the result (pull: the full
+reference; push: the manifest digest); progress and diagnostics on stderr; credentials never echoed.
+push/pull are option tables (builder.commands._optable): builder.cli reads an ordinary line without
+click, and the click commands are built from the same tables on first use. Stdlib at module scope."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from builder.commands import Globals
@@ -30,6 +26,8 @@ from builder.commands._optable import (
 )
 
 if TYPE_CHECKING:
+    import click
+
     from registry.model import Platform
     from registry.remote.config import RegistriesConfig
     from registry.remote.progress import Event
@@ -272,26 +270,26 @@ PUSH = Verb("push", (
 ), (Arg("image"), Arg("destination", required=False)))
 
 
-def pull_fast(args: list[str]) -> int | None:
-    """`pybuild pull` without click for an ordinary command line; None: let click read it."""
-    parsed = fast_parse(args, PULL)
+def _fast(args: list[str], verb: Verb, command: Callable[..., int]) -> int | None:
+    parsed = fast_parse(args, verb)
     if parsed is None:
         return None
     root, params = parsed
-    return pull_image_cmd(Globals(root=root), **params)
+    return command(Globals(root=root), **params)
+
+
+def pull_fast(args: list[str]) -> int | None:
+    """`pybuild pull` without click for an ordinary command line; None: let click read it."""
+    return _fast(args, PULL, pull_image_cmd)
 
 
 def push_fast(args: list[str]) -> int | None:
     """`pybuild push` without click for an ordinary command line; None: let click read it."""
-    parsed = fast_parse(args, PUSH)
-    if parsed is None:
-        return None
-    root, params = parsed
-    return push_image_cmd(Globals(root=root), **params)
+    return _fast(args, PUSH, push_image_cmd)
 
 
 # -- the click commands (built on first use) --------------------------------------------------
-def _build_commands() -> dict[str, Any]:
+def _build_commands() -> dict[str, click.Command]:
     import click
 
     from builder.commands import pass_globals, returns_code
@@ -304,7 +302,7 @@ def _build_commands() -> dict[str, Any]:
         """Push an image from the local store to a registry (IMAGE [DESTINATION])."""
         return push_image_cmd(g, **params)
 
-    def registry_options(fn: Any) -> Any:
+    def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return click_options(fn, REGISTRY_OPTIONS)
 
     @click.command()
@@ -386,10 +384,10 @@ def _build_commands() -> dict[str, Any]:
             "login": login, "logout": logout}
 
 
-_COMMANDS: dict[str, Any] = {}
+_COMMANDS: dict[str, click.Command] = {}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> click.Command:
     """``pull``, ``push``, ``login``, ``logout``: the click commands, built (and click
     imported) when the CLI first asks for one (PEP 562)."""
     if name in ("pull", "push", "login", "logout"):

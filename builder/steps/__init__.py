@@ -1,10 +1,7 @@
-"""Step handlers: one per instruction kind, behind one small protocol.
-
-``prepare(ins, state, env) -> Prepared`` expands the instruction's words, computes the typed
-cache-key document and the purely local effects (ARG values, the shell); ``execute`` does the
-work on a cache miss and returns a StepOutcome (a layer or none, the new config, a history
-entry). Dispatch is keyed by the AST type. Imports grammar (AST, words), registry, runtime.
-"""
+"""Step handlers, one per instruction kind behind a small protocol: ``prepare(ins, state, env)`` expands
+words and computes the typed cache-key document and local effects; ``execute`` does the work on a miss
+and returns a StepOutcome (layer or none, config, history). Dispatch is keyed by AST type. Imports
+builder (cachekey, errors), grammar (ast, words), registry.model; runtime for types only."""
 
 from __future__ import annotations
 

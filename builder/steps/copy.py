@@ -1,15 +1,14 @@
-"""COPY / ADD / WORKDIR: file actions run by runtime.sandbox.apply (runtime.fileops) in the
-stage's active snapshot, so --chown names (and WORKDIR's USER) resolve inside the mounted
-image and ownership is real when rootless; --chmod (octal or symbolic) and globs of other
-stages are applied there too. The layer is the snapshot's upper directory, diffed like a
-RUN's. ``--link`` copies onto an empty snapshot: its key and layer do not depend on the base.
+"""COPY / ADD / WORKDIR as file actions run by runtime.sandbox.apply (runtime.fileops) in the stage's
+active snapshot, so --chown names resolve in the image and ownership is real rootless; the layer is
+the upper directory, diffed like a RUN's; ``--link`` copies onto an empty snapshot (key and layer
+independent of the base). Keys use content digests, never mtimes. Imports builder, grammar.ast;
+runtime inside functions."""
 
-Docker's rules: a directory source copies its contents; several sources (or a glob) need a
-destination ending in '/'; a relative destination is under WORKDIR; .dockerignore'd files are
-never copied; a symlink named as a source is followed (inside the context), symlinks inside a
-copied tree stay links; ADD extracts local tar archives, fetches http(s) URLs (--checksum,
-mtime from Last-Modified) and git repositories. Cache keys use content digests, never mtimes.
-"""
+# Docker's rules: a directory source copies its contents; several sources (or a glob) need a
+# destination ending in '/'; a relative destination is under WORKDIR; .dockerignore'd files are never
+# copied; a symlink named as a source is followed (inside the context), symlinks inside a copied tree
+# stay links; --chmod is octal or symbolic; ADD extracts local tar archives, fetches http(s) URLs
+# (--checksum, mtime from Last-Modified) and git repositories.
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Metadata instructions → image config changes only (no layer; history with empty_layer):
-ENV, ARG, LABEL, EXPOSE, VOLUME, USER, CMD, ENTRYPOINT, SHELL, STOPSIGNAL, HEALTHCHECK,
-ONBUILD, MAINTAINER, with docker's field semantics (ENTRYPOINT resets an inherited CMD, ENV
-pairs expand with the env before the instruction, EXPOSE defaults to /tcp and expands ranges).
-
-As in BuildKit, metadata steps are not cache vertices: they never run anything and do not move
-the chain key; their effect reaches later keys through what a RUN/COPY hashes (env, user,
-workdir, args). ARG changes no config and writes no history. Imports grammar, registry, builder.
-"""
+"""Metadata instructions -> config changes only (no layer; history marked empty_layer), with docker's
+field semantics (ENTRYPOINT resets an inherited CMD, ENV expands with the env before it, EXPOSE
+defaults to /tcp and expands ranges). As in BuildKit they are not cache vertices: their effect reaches
+later keys through what RUN/COPY hash. Imports builder (state, steps, errors), grammar.ast, registry."""
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""RUN: the command runs in runtime.sandbox on an active overlay snapshot of the stage; its
-layer is read from the upper directory (O(bytes changed)) by runtime.diff (rootless: inside
-the build's user namespace, so the layer holds the ids the container saw).
+"""RUN: the command runs in runtime.sandbox on the stage's active overlay snapshot; the layer is read
+from the upper directory (O(bytes changed)) by runtime.diff, rootless inside the build's user
+namespace so it holds the ids the container saw. The key hashes argv, env, user, workdir, network,
+mounts and build args, never proxy args or secret values. Imports builder, grammar.ast, registry.model;
+runtime inside functions."""
 
-Shell form honours SHELL; heredocs are handed to the shell (or run as a script when the whole
-command is one heredoc starting with '#!'); ``--mount`` bind (context, stage or image),
-cache (persistent per id under the store, never in a layer; ``from=`` seeds it from a stage,
-image or context), tmpfs and secret; ``--network`` default|none|host (default: the host's
-network, as BuildKit without CNI). The cache key hashes argv, env, user, workdir, network,
-mounts and build args; never proxy args or secret values.
-"""
+# Shell form honours SHELL; heredocs go to the shell (or run as a script when the whole command is one
+# heredoc starting with '#!'); --mount bind (context, stage or image), cache (per id under the store,
+# never in a layer; from= seeds it), tmpfs and secret; --network default|none|host (default: the host's
+# network, as BuildKit without CNI).
 
 from __future__ import annotations
 

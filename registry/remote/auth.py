@@ -1,14 +1,8 @@
-"""Registry authentication: WWW-Authenticate parsing, Basic, the Bearer token flow with a token
-cache, and credentials shared with docker, podman and skopeo.
-
-Credentials come from docker's config.json (``$DOCKER_CONFIG/config.json`` or
-``~/.docker/config.json``: ``auths``, ``credsStore``, ``credHelpers`` through the
-docker-credential-* protocol, ``identitytoken``) and, read-only, from containers' auth.json
-(``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``). Invariants: a credential
-is only sent to the registry host it was stored for (and to the token realm that host names);
-never logged, never in an error message; files written 0600 atomically. Imports requests (via
-the transport) and registry.*.
-"""
+"""Registry authentication: WWW-Authenticate parsing, Basic, the Bearer token flow with a token cache,
+and credentials shared with docker/podman/skopeo (docker's config.json with credsStore/credHelpers;
+containers' auth.json read-only). A credential goes only to the host it was stored for (and the token
+realm that host names), is never logged or put in an error, and is written 0600 atomically. Imports
+registry (requests through the transport)."""
 
 from __future__ import annotations
 

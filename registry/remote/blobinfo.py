@@ -1,10 +1,7 @@
-"""Where blobs are known to exist remotely: digest → [(host, repository)], like skopeo's
-blob-info cache, so a push can cross-repo mount instead of uploading.
-
-Kept in ``<store>/remote/blob-locations.json`` (a hint only: a stale entry costs one failed mount
-attempt). Updates are read-modify-write under an flock and atomic (temp + rename, without the
-store's fsyncs: a hint lost in a crash costs one upload); the file is bounded. Stdlib only.
-"""
+"""Where blobs are known to exist remotely, digest -> [(host, repository)] (skopeo's blob-info cache),
+so a push can cross-repo mount instead of uploading. ``<store>/remote/blob-locations.json`` is a hint
+(a stale entry costs one failed mount), bounded, updated read-modify-write under an flock and
+replaced atomically without fsyncs (a lost hint costs one upload). Imports registry.digest/store."""
 
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
-"""RegistryClient / RepositoryClient: the distribution API calls (manifests, blobs, uploads,
-cross-repo mounts, tags), with authentication and error classification around the transport.
-
-Each call either returns what the API promises or raises a RemoteError subclass naming the
-method, the redacted URL, the status and the registry's diagnostics. Authorization is added
-per host from the Authenticator; a 401 triggers one re-authentication (also in the middle of
-an upload, when the token expired), and pulls fall back to anonymous when stored credentials
-are rejected. Imports requests (through the transport) and registry.*.
-"""
+"""RegistryClient / RepositoryClient: the distribution API calls (manifests, blobs, uploads, cross-repo
+mounts, tags) with authentication and error classification around the transport. A call returns what
+the API promises or raises a RemoteError naming method, redacted URL, status and diagnostics; a 401
+re-authenticates once (mid-upload too), pulls fall back to anonymous when stored credentials are
+refused. Imports requests and registry."""
 
 from __future__ import annotations
 

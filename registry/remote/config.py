@@ -1,13 +1,11 @@
-"""Registries configuration: insecure hosts, per-host CA certificates, mirrors.
+"""Registries configuration: insecure hosts, per-host CAs, mirrors. One TOML file in a subset of
+containers' registries.conf v2 syntax ($PYBUILD_REGISTRIES_CONF, else the user's, else
+/etc/pybuild/registries.toml); CAs in docker's certs.d layout (<dir>/<host[:port]>/*.crt, client
+cert/key), searched in the listed directories below. CLI flags override the file. Imports registry."""
 
-One TOML file, in a subset of containers' registries.conf v2 syntax so podman users can copy
-their blocks over: ``$PYBUILD_REGISTRIES_CONF``, else ``$XDG_CONFIG_HOME/pybuild/registries.toml``
-(``~/.config/...``), else ``/etc/pybuild/registries.toml``. CAs come from docker's layout,
-``<certs.d>/<host[:port]>/*.crt`` (+ ``client.cert``/``client.key``), searched in the file's
-``certs_d`` list, ``$PYBUILD_CERTS_D``, ``~/.config/pybuild/certs.d``, ``/etc/pybuild/certs.d``,
-``/etc/containers/certs.d`` and ``/etc/docker/certs.d``. CLI flags override the file.
-Stdlib only (tomllib).
-"""
+# The user's file is $XDG_CONFIG_HOME/pybuild/registries.toml (~/.config/...). certs.d directories, in
+# order: the file's certs_d list, $PYBUILD_CERTS_D, ~/.config/pybuild/certs.d, /etc/pybuild/certs.d,
+# /etc/containers/certs.d, /etc/docker/certs.d.
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Errors of the distribution client: HTTP answers parsed, classified and redacted (DESIGN C6).
-
-Every message names the method, the redacted URL and the status, plus the registry's OCI
-``errors[]`` diagnostics when it sent them. URLs lose their query string values that look like
-credentials and any userinfo. Imports only the stdlib and registry.errors (requests objects are
-passed in duck-typed, so this module never imports requests itself).
-"""
+"""Errors of the distribution client (DESIGN C6): every message names the method, the redacted URL
+(userinfo and secret-looking query values dropped) and the status, plus the registry's OCI
+``errors[]`` diagnostics. Imports registry.errors only: requests objects come in duck-typed, so this
+module never imports requests."""
 
 from __future__ import annotations
 

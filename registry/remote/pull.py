@@ -1,12 +1,8 @@
-"""Pull: reference → manifest (or index → platform manifest) → config and layers into the store.
-
-Invariants: every blob is verified by size and digest while it streams into ``store.ingest``
-(nothing unverified is committed); an interrupted blob keeps its bytes under a resume key and
-continues with ``Range`` (also in a later process); blobs already stored are skipped; the exact
-manifest (and index) bytes are stored, then the tag is written last, so a tag always points at a
-complete image. Mirrors are tried in order, then the origin. Imports registry.* (requests via
-the client).
-"""
+"""Pull: reference -> manifest (or index -> platform manifest) -> config and layers into the store.
+Every blob is verified (size, digest) while it streams into ``store.ingest``; an interrupted one
+resumes with Range (also in a later process); stored blobs are skipped; the exact manifest bytes are
+stored and the tag written last, so a tag always names a complete image. Mirrors first, then the
+origin. Imports registry and urllib3 (requests through the client)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
-"""Push: an image (or index) from the store → missing blobs uploaded in parallel → manifests.
-
-Per blob: HEAD (present? done), else a cross-repo mount from a repository on the same registry
-known to have it (blob-info cache), else POST + PUT (monolithic) or PATCH chunks when asked
-(``--chunk-size``, ``OCI-Chunk-Min-Length``, a 413). A broken upload resumes from the session's
-Range; a session that is gone restarts. Blobs stream from the store files, never whole in
-memory, and are verified (sha256) in the pass that sends them: a blob's last block leaves only
-after the blob matched its digest. Manifests go up as the stored bytes with their media type,
-children before their index.
-Imports registry.* (requests via the client).
-"""
+"""Push: an image (or index) from the store -> missing blobs uploaded in parallel -> manifests, children
+before their index, as the stored bytes. Per blob: HEAD, else a cross-repo mount (blob-info cache),
+else POST+PUT or PATCH chunks (--chunk-size, OCI-Chunk-Min-Length, a 413), resuming a broken upload.
+Blobs stream from the store, verified in the pass that sends them: the last block leaves only after
+the digest matched. Imports registry (requests through the client)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
-"""HTTP transport for the distribution client (DESIGN C10): one requests.Session per thread,
-(connect, read) timeouts, ``Accept-Encoding: identity``, raw streams, bounded retries and our own
-redirect loop.
-
-Invariants: requests never follows redirects (``allow_redirects=False``) and never reads
-~/.netrc (``trust_env=False``); Authorization is dropped as soon as a redirect changes scheme,
-host or port, https never downgrades to http, at most 10 hops. Retries happen only for a
-connection failure before any response, and for 408/429/5xx answers, with exponential backoff
-honouring Retry-After, within the request's deadline; a body is re-sent only when it is bytes or
-a factory that re-opens it. Imports requests/urllib3 and registry.*.
-"""
+"""HTTP transport (DESIGN C10): a requests.Session per thread, (connect, read) timeouts, identity
+encoding, raw streams, our own redirect loop (never ~/.netrc; Authorization dropped when scheme, host
+or port change; no https -> http; 10 hops) and bounded retries (a connection failure before any
+answer, 408/429/5xx; backoff honouring Retry-After; a body re-sent only when bytes or a factory).
+Imports requests/urllib3 and registry."""
 
 from __future__ import annotations
 
