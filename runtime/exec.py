@@ -21,7 +21,6 @@ import select
 import signal
 import sys
 import termios
-import tty
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from runtime import _syscalls as sc
 from runtime.containers import Container, ContainerStateError, is_alive
 from runtime.errors import SandboxError
+from runtime.ptyrelay import relay
 
 # namespace kind (OCI) -> /proc/<pid>/ns name, in join order (user first)
 _NS_ORDER = (("user", "user"), ("cgroup", "cgroup"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"),
@@ -146,13 +146,7 @@ def _child(plan: dict[str, Any], ns: list[tuple[str, int]], root_fd: int, msg_w:
 
             for sig in FORWARD:
                 signal.signal(sig, forward)
-            while True:
-                try:
-                    _, status = os.waitpid(pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-            os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+            os._exit(_wait_code(pid))
         for sig in FORWARD:
             signal.signal(sig, signal.SIG_DFL)
         stage = "user"
@@ -231,6 +225,17 @@ def _join_cgroup(path: str, name: str) -> None:
             os.close(fd)
 
 
+def _wait_code(pid: int) -> int:
+    """Wait for child ``pid``: its exit code, 128+n when signal n killed it."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -295,14 +300,8 @@ def exec_in_container(root: Path, c: Container, opts: ExecOptions) -> int:
         for fsig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             previous[fsig] = signal.signal(fsig, forward)
         if master is not None:
-            _relay(master, interactive=opts.interactive)
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            relay(master, interactive=opts.interactive)
+        code = _wait_code(pid)
     finally:
         for old_sig, handler in previous.items():
             signal.signal(old_sig, handler)
@@ -378,39 +377,3 @@ def _copy_winsize(master: int) -> None:
             size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
             fcntl.ioctl(master, termios.TIOCSWINSZ, size)
             return
-
-
-def _relay(master: int, *, interactive: bool) -> None:
-    """stdin -> pty, pty -> stdout until the process closes the pty (raw mode on a terminal)."""
-    saved = None
-    if interactive and os.isatty(0):
-        saved = termios.tcgetattr(0)
-        tty.setraw(0)
-    watch = [master] + ([0] if interactive else [])
-    try:
-        while True:
-            try:
-                ready, _, _ = select.select(watch, [], [])
-            except InterruptedError:
-                continue
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError as exc:
-                    if exc.errno != errno.EIO:
-                        raise
-                    data = b""
-                if not data:
-                    break
-                os.write(1, data)
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if not data:
-                    watch.remove(0)
-                    with contextlib.suppress(OSError):
-                        os.write(master, b"\x04")
-                    continue
-                os.write(master, data)
-    finally:
-        if saved is not None:
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)

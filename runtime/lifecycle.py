@@ -2,8 +2,8 @@
 stats, top, cp, prune and the docker-shaped views (ps rows, inspect).
 
 Every operation takes the container's flock (``Container.locked``) for its state transition,
-and checks liveness by pid + start time, never by pid alone. Stdlib + registry.store helpers +
-runtime only; no printing.
+and checks liveness by pid + start time, never by pid alone. Stdlib + registry (store helpers,
+registry.timefmt for docker's durations) + runtime only; no printing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.timefmt import human_duration
 from runtime.containers import (
     LIVE,
     ZERO_TIME,
@@ -718,34 +719,6 @@ def _copy_in(root: int, src: Path, dest: str) -> None:
 
 
 # -- views ----------------------------------------------------------------------------------------
-
-def human_duration(seconds: float) -> str:
-    """docker's units.HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
-
 
 def status_text(st: ContainerState, now: float | None = None) -> str:
     """The STATUS column: ``Up 3 seconds``, ``Exited (137) 2 seconds ago``, ``Created``..."""

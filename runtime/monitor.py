@@ -41,7 +41,6 @@ _BOOT = ("import sys; sys.path.append(sys.argv[1]); "
 MAX_PARTIAL = 16 * 1024          # a line longer than this is split, as docker does
 DRAIN_AFTER_EXIT = 1.0           # seconds to keep reading output after the container's init exits
 BACKOFF_START, BACKOFF_MAX = 0.1, 60.0
-PR_SET_PDEATHSIG = 1
 
 
 class MonitorError(SandboxError):
@@ -120,9 +119,11 @@ def parse_log_line(line: bytes) -> LogEntry | None:
 
 def read_log(path: Path, *, tail: int | None = None, since: float | None = None,
              until: float | None = None, follow: bool = False,
-             alive: Callable[[], bool] | None = None, poll: float = 0.05) -> Iterator[LogEntry]:
-    """The entries of a json-file log. ``follow`` keeps reading while ``alive()`` is true and
-    stops once the container has stopped and everything written was read (docker's logs -f)."""
+             alive: Callable[[], bool] | None = None, poll: float = 0.05,
+             offset: int = 0) -> Iterator[LogEntry]:
+    """The entries of a json-file log, from byte ``offset`` on (`start -a`: what this run
+    writes). ``follow`` keeps reading while ``alive()`` is true and stops once the container
+    has stopped and everything written was read (docker's logs -f)."""
 
     def keep(e: LogEntry) -> bool:
         ts = e.timestamp
@@ -133,6 +134,8 @@ def read_log(path: Path, *, tail: int | None = None, since: float | None = None,
     except FileNotFoundError:
         return
     with f:
+        if offset:
+            f.seek(offset)
         if tail is not None:
             last: deque[LogEntry] = deque(maxlen=max(tail, 0))
             for line in f:
@@ -211,24 +214,25 @@ class _ProcessHandle:
         return None
 
 
-def _pdeathsig() -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class ProcessLauncher:
     """Runs the record's argv as a plain host process in its own session: no isolation at all.
     For tests of the monitor itself and for debugging (``run.launcher = "process"``)."""
 
     def start(self, store_root: Path, c: Container, stdio: tuple[int, int, int],
               prestart: Callable[[int], None]) -> Launched:
+        # imported on first use (the monitor's start-up never loads ctypes) and in the parent
+        # (nothing is imported between fork and exec); the child dies with the monitor
+        from runtime._syscalls import PR_SET_PDEATHSIG, prctl
+
+        def pdeathsig() -> None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
         r = c.record
         env = dict(e.split("=", 1) for e in r.env if "=" in e) or {"PATH": os.environ.get("PATH", "")}
         try:
             proc = subprocess.Popen(list(r.argv), stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
                                     env=env, cwd=r.working_dir or "/", start_new_session=True,
-                                    preexec_fn=_pdeathsig)  # noqa: PLW1509 - single-threaded monitor
+                                    preexec_fn=pdeathsig)  # noqa: PLW1509 - single-threaded monitor
         except FileNotFoundError:
             from runtime.errors import ExecNotFound
 

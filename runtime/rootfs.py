@@ -99,16 +99,17 @@ def unpack_layer(store: DirStore, snapshotter: Snapshotter, key: str, desc: Desc
     import io
 
     from registry.compression import open_sniffed
-    from runtime.unpack import RawAdapter, ReadAhead
+    from runtime.unpack import CHUNK, RawAdapter, ReadAhead
 
     with store.open(desc.digest) as raw:
         # The codec comes from the bytes, not the media type (docker sniffs too); the
         # diff_id check below still pins the content.
-        _, plain = open_sniffed(io.BufferedReader(RawAdapter(raw), 1 << 20))  # type: ignore[arg-type]
+        _, plain = open_sniffed(io.BufferedReader(RawAdapter(raw), CHUNK))
         hashed = _Hashing(plain)
-        ahead = ReadAhead(hashed)          # type: ignore[arg-type]
+        ahead = ReadAhead(hashed)
         try:
-            stats = snapshotter.apply_layer(key, ahead, layer=str(desc.digest), rootless=rootless)  # type: ignore[arg-type]
+            stats = snapshotter.apply_layer(key, io.BufferedReader(ahead, CHUNK), layer=str(desc.digest),
+                                            rootless=rootless)
         finally:
             ahead.close()
         raw.verify_rest()

@@ -668,18 +668,11 @@ def _local_size() -> tuple[int, int] | None:
 
 
 def _relay(proc: SandboxProcess, *, interactive: bool, previous: dict[int, Any]) -> None:
-    """Copy stdin -> pty master and pty master -> stdout until the container closes the pty.
-    The local terminal is put in raw mode (^C etc. travel as bytes) and SIGWINCH resizes."""
-    import termios
-    import tty
+    """runtime.ptyrelay.relay between this process's stdin/stdout and the container's pty
+    (the local terminal in raw mode); SIGWINCH resizes the container's."""
+    from runtime.ptyrelay import relay
 
     assert proc.console is not None
-    master = proc.console
-    in_fd, out_fd = 0, 1
-    saved = None
-    if interactive and os.isatty(in_fd):
-        saved = termios.tcgetattr(in_fd)
-        tty.setraw(in_fd)
 
     def winch(_s: int = 0, _f: object = None) -> None:
         size = _local_size()
@@ -688,39 +681,7 @@ def _relay(proc: SandboxProcess, *, interactive: bool, previous: dict[int, Any])
 
     if threading.current_thread() is threading.main_thread():
         previous.setdefault(signal.SIGWINCH, signal.signal(signal.SIGWINCH, winch))
-    watch = [master] + ([in_fd] if interactive else [])
-    try:
-        while True:
-            try:
-                ready, _, _ = select.select(watch, [], [])
-            except InterruptedError:
-                continue
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    break
-                _write_all(out_fd, data)
-            if in_fd in ready:
-                data = os.read(in_fd, 65536)
-                if not data:
-                    watch.remove(in_fd)
-                    with contextlib.suppress(OSError):
-                        _write_all(master, b"\x04")   # EOF for the line discipline
-                    continue
-                _write_all(master, data)
-    finally:
-        if saved is not None:
-            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    relay(proc.console, interactive=interactive)
 
 
 # -- file actions (builder COPY/ADD/WORKDIR) --------------------------------------------------------

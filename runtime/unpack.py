@@ -17,13 +17,16 @@ import stat
 import tarfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 from runtime import pathsafe
 from runtime.errors import LayerError, UnsafePath
+
+if TYPE_CHECKING:
+    from registry.compression import Readable
 
 log = logging.getLogger("pybuild." + __name__)
 
@@ -61,39 +64,21 @@ class UnpackStats:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(slots=True)
-class _Counters:
-    """Mutable counts behind UnpackStats."""
-
-    entries: int = 0
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    devices: int = 0
-    whiteouts: int = 0
-    opaques: int = 0
-    bytes: int = 0
-    owners_dropped: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def freeze(self) -> UnpackStats:
-        return UnpackStats(self.entries, self.files, self.dirs, self.symlinks, self.hardlinks,
-                           self.devices, self.whiteouts, self.opaques, self.bytes,
-                           self.owners_dropped, tuple(self.warnings))
+# what _Unpacker counts (every UnpackStats field but the warnings), by field name
+_COUNTS = tuple(f.name for f in fields(UnpackStats) if f.name != "warnings")
 
 
 # -- the tar stream ------------------------------------------------------------------------------
 class RawAdapter(io.RawIOBase):
     """Lets io.BufferedReader sit on any object with read()/readinto()."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: Readable) -> None:
         self._inner = inner
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buf: Any) -> int:
         readinto = getattr(self._inner, "readinto", None)
         if readinto is not None:
             return int(readinto(buf))
@@ -187,7 +172,7 @@ class TarReader:
 
     def __init__(self, stream: IO[bytes]) -> None:
         if isinstance(stream, io.BufferedIOBase) and hasattr(stream, "peek"):
-            self._f: IO[bytes] = stream      # BufferedReader, (I)GzipFile: buffered already
+            self._f: io.BufferedIOBase = stream      # BufferedReader, (I)GzipFile: buffered already
         else:
             self._f = io.BufferedReader(RawAdapter(stream), CHUNK)
         self.fileobj = self
@@ -239,7 +224,9 @@ class TarReader:
         self._pos -= len(block)
         self._in_header = True
         try:
-            info = tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
+            # fromtarfile reads only what this class has (the stub names TarFile, the
+            # stdlib needs fileobj/encoding/errors/offset/pax_headers)
+            info = tarfile.TarInfo.fromtarfile(cast(tarfile.TarFile, self))
         except tarfile.HeaderError as exc:
             # EOFHeaderError (a zero block) and EmptyHeaderError (no more bytes) end the archive
             if type(exc).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
@@ -256,7 +243,7 @@ class TarReader:
         view = self._view
         while remaining > 0:
             want = min(remaining, CHUNK)
-            n = self._f.readinto(view[:want])  # type: ignore[attr-defined]
+            n = self._f.readinto(view[:want])
             if not n:
                 raise LayerError("<stream>", "", "unexpected end of stream inside a member")
             self._pos += n
@@ -267,7 +254,7 @@ class TarReader:
         if self._pushback:
             n -= len(self.read(min(n, len(self._pushback))))
         while n > 0:
-            got = self._f.readinto(self._view[: min(n, CHUNK)])  # type: ignore[attr-defined]
+            got = self._f.readinto(self._view[: min(n, CHUNK)])
             if not got:
                 return
             self._pos += got
@@ -277,7 +264,7 @@ class TarReader:
         """Read (and discard) what is left of the stream: hashing wrappers see every byte."""
         total = 0
         while True:
-            got = self._f.readinto(self._view)  # type: ignore[attr-defined]
+            got = self._f.readinto(self._view)
             if not got:
                 return total
             total += got
@@ -289,7 +276,7 @@ class ReadAhead(io.RawIOBase):
     the GIL in isal/hashlib) while the caller spends its time in filesystem syscalls. Errors
     of the producer are raised by the consumer's next read; ``close`` stops the producer."""
 
-    def __init__(self, inner: IO[bytes], *, chunk: int = CHUNK, depth: int = 8) -> None:
+    def __init__(self, inner: Readable, *, chunk: int = CHUNK, depth: int = 8) -> None:
         import queue
         import threading
 
@@ -328,7 +315,7 @@ class ReadAhead(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buf: Any) -> int:
         if not len(self._cur):
             if self._eof:
                 return 0
@@ -439,7 +426,8 @@ class _Unpacker:
         # later user namespace maps to 0), so 0:0 entries need no chown at all.
         self.root_is_me = rootless and self.euid != 0 and not in_user_namespace()
         self.umask = _umask()
-        self.c = _Counters()
+        self.counts = dict.fromkeys(_COUNTS, 0)
+        self.warnings: list[str] = []
         self._dirs: OrderedDict[str, tuple[int, int]] = OrderedDict()   # path -> (fd, st_mode)
         self._deferred: dict[str, _DirMeta] = {}
         self._written: set[str] = set()
@@ -451,10 +439,13 @@ class _Unpacker:
     def warn(self, entry: str, why: str) -> None:
         msg = f"{entry}: {why}"
         log.warning("layer %s: %s", self.layer, msg)
-        if len(self.c.warnings) < MAX_WARNINGS:
-            self.c.warnings.append(msg)
-        elif len(self.c.warnings) == MAX_WARNINGS:
-            self.c.warnings.append("... more warnings omitted")
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(msg)
+        elif len(self.warnings) == MAX_WARNINGS:
+            self.warnings.append("... more warnings omitted")
+
+    def stats(self) -> UnpackStats:
+        return UnpackStats(**self.counts, warnings=tuple(self.warnings))
 
     def fail(self, why: str, entry: str | None = None) -> LayerError:
         return LayerError(self.layer, self._entry if entry is None else entry, why)
@@ -581,7 +572,7 @@ class _Unpacker:
                 os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as exc:
             if self.rootless and exc.errno in (errno.EPERM, errno.EINVAL):
-                self.c.owners_dropped += 1
+                self.counts["owners_dropped"] += 1
                 return False
             raise
         return True
@@ -629,7 +620,7 @@ class _Unpacker:
                 os.ftruncate(fd, info.size)
             else:
                 self._copy(fd, reader, info.size)
-            self.c.bytes += info.size
+            self.counts["bytes"] += info.size
             uid, gid = self._ids(info)
             chowned = self._chown(fd, uid, gid, parent_setgid=bool(pmode & stat.S_ISGID))
             mode = info.mode & 0o7777
@@ -642,7 +633,7 @@ class _Unpacker:
             os.utime(fd, ns=(mt, mt))
         finally:
             os.close(fd)
-        self.c.files += 1
+        self.counts["files"] += 1
 
     @staticmethod
     def _copy(fd: int, reader: TarReader, size: int) -> None:
@@ -675,7 +666,7 @@ class _Unpacker:
         if made_opaque:
             self._mark_opaque(pfd, name, b"y")
         self._defer(path, info, (st.st_dev, st.st_ino))
-        self.c.dirs += 1
+        self.counts["dirs"] += 1
 
     def _defer(self, path: str, info: tarfile.TarInfo, ident: tuple[int, int]) -> None:
         uid, gid = self._ids(info)
@@ -699,7 +690,7 @@ class _Unpacker:
             self._set_xattrs(f"/proc/self/fd/{pfd}/{name}", xattrs, info.name)
         mt = _mtime_ns(info)
         os.utime(name, ns=(mt, mt), dir_fd=pfd, follow_symlinks=False)
-        self.c.symlinks += 1
+        self.counts["symlinks"] += 1
 
     def hardlink(self, info: tarfile.TarInfo, path: str) -> None:
         try:
@@ -746,7 +737,7 @@ class _Unpacker:
         finally:
             if sfd >= 0:
                 os.close(sfd)
-        self.c.hardlinks += 1
+        self.counts["hardlinks"] += 1
 
     def _link_from_lower(self, target: str, path: str, info: tarfile.TarInfo) -> bool:
         """overlay mode: a hardlink to a file of a lower layer: link the (immutable) lower
@@ -778,7 +769,7 @@ class _Unpacker:
             finally:
                 os.close(src)
             self.warn(info.name, "hardlink to a lower layer's file copied")
-            self.c.hardlinks += 1
+            self.counts["hardlinks"] += 1
             return True
         return False
 
@@ -801,7 +792,7 @@ class _Unpacker:
             self.warn(info.name, "device node skipped (mknod not permitted)")
             return
         self._finish_special(info, pfd, name)
-        self.c.devices += 1
+        self.counts["devices"] += 1
 
     def fifo(self, info: tarfile.TarInfo, path: str) -> None:
         pfd, _, name = self._parent(path)
@@ -850,7 +841,7 @@ class _Unpacker:
 
     def whiteout(self, path: str, target: str) -> None:
         head, _, _ = path.rpartition("/")
-        self.c.whiteouts += 1
+        self.counts["whiteouts"] += 1
         if self.mode == "apply":
             dfd = self._whiteout_dir(head, create=False)
             if dfd is None:
@@ -906,7 +897,7 @@ class _Unpacker:
 
     def opaque(self, path: str) -> None:
         head, _, _ = path.rpartition("/")
-        self.c.opaques += 1
+        self.counts["opaques"] += 1
         if self.mode == "apply":
             dfd = self._whiteout_dir(head, create=False)
             if dfd is None:
@@ -977,7 +968,7 @@ class _Unpacker:
             if info is None:
                 break
             self._entry = info.name
-            self.c.entries += 1
+            self.counts["entries"] += 1
             try:
                 self._dispatch(info, reader)
             except LayerError:
@@ -1089,7 +1080,7 @@ def _run(stream: IO[bytes], target: Path | int, *, mode: Mode, layer: str, rootl
     finally:
         unpacker.close()
         os.close(root_fd)
-    return unpacker.c.freeze()
+    return unpacker.stats()
 
 
 def apply_layer(stream: IO[bytes], target: Path | int, *, rootless: bool | None = None,

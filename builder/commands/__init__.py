@@ -1,18 +1,20 @@
 """CLI verbs, one module per verb family, imported only when their verb runs.
 
-Shared here: ``Globals`` (the group's flags) and ``pass_globals``. Only the stdlib at module
-scope (``pass_globals`` imports click when first used: `pybuild run`'s fast path never does);
-each command imports its library code inside its function.
+Shared here: ``Globals`` (the group's flags), ``pass_globals``, and how every verb reports an
+error, asks before a prune and treats a bad ``--format``. Only the stdlib at module scope
+(``pass_globals`` imports click when first used: `pybuild run`'s fast path never does); each
+command imports its library code inside its function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from registry.store import DirStore
@@ -65,6 +67,64 @@ def report_error(message: str, hint: str | None = None) -> None:
     """``error: MESSAGE`` (then ``hint: HINT``) on stderr: how every verb reports a failure."""
     sys.stderr.write(f"error: {message}\n" + (f"hint: {hint}\n" if hint else ""))
     sys.stderr.flush()
+
+
+def confirm(warning: str) -> bool:
+    """docker's prompt before a prune, on stderr: ``WARNING``, then ``Are you sure you want to
+    continue? [y/N] ``. Only "y" or "yes" (any case) on stdin confirm; anything else or EOF
+    does not."""
+    sys.stderr.write(f"{warning}\nAre you sure you want to continue? [y/N] ")
+    sys.stderr.flush()
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    return line.strip().lower() in ("y", "yes")
+
+
+@contextlib.contextmanager
+def template_flag() -> Iterator[None]:
+    """Around ``--format``/``-f`` output: a bad template (``_format.TemplateError``) is a
+    UsageError ``--format: WHY`` (exit 125)."""
+    from builder.commands._format import TemplateError
+    from builder.errors import UsageError
+
+    try:
+        yield
+    except TemplateError as exc:
+        raise UsageError(f"--format: {exc}") from None
+
+
+def inspect_each(names: Iterable[str], view: Callable[[str], Mapping[str, Any]],
+                 missing: type[Exception] | tuple[type[Exception], ...], template: str | None) -> int:
+    """docker's ``inspect`` of one kind of object: ``error: ...`` on stderr for each name that
+    ``view`` raises ``missing`` for, then the others' views on stdout (``_format.inspect_text``);
+    returns 1 when a name was missing."""
+    import click
+
+    from builder.commands._format import inspect_text
+
+    views: list[Mapping[str, Any]] = []
+    code = 0
+    for name in names:
+        try:
+            views.append(view(name))
+        except missing as exc:
+            report_error(str(exc), getattr(exc, "hint", None))
+            code = 1
+    with template_flag():
+        click.echo(inspect_text(views, template), nl=False)
+    return code
+
+
+def prune_report(heading: str, removed: Sequence[str], reclaimed: str) -> None:
+    """docker's answer to a prune on stdout: ``HEADING``, a line per removed object and a blank
+    line (when something was removed), then ``Total reclaimed space: RECLAIMED``."""
+    import click
+
+    if removed:
+        click.echo(heading)
+        for line in removed:
+            click.echo(line)
+        click.echo("")
+    click.echo(f"Total reclaimed space: {reclaimed}")
 
 
 def returns_code(fn: Callable[P, int | None]) -> Callable[P, int]:

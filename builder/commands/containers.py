@@ -19,21 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from builder.commands import Globals, pass_globals, returns_code
-from builder.commands._format import TemplateError, human_size, json_lines, render, render_rows, table
+from builder.commands import (
+    Globals,
+    confirm,
+    pass_globals,
+    prune_report,
+    report_error,
+    returns_code,
+    template_flag,
+)
+from builder.commands._format import human_size, inspect_text, json_lines, render_rows, table
 
 if TYPE_CHECKING:
     from runtime.containers import Container
-
-
-def _err(message: str, hint: str | None = None) -> None:
-    click.echo(f"error: {message}", err=True)
-    if hint:
-        click.echo(f"hint: {hint}", err=True)
-
-
-def _root(g: Globals) -> Path:
-    return g.store().root
 
 
 def _each(g: Globals, refs: tuple[str, ...], fn: Callable[[Path, Container], str | None]) -> int:
@@ -41,25 +39,19 @@ def _each(g: Globals, refs: tuple[str, ...], fn: Callable[[Path, Container], str
     from runtime.errors import SandboxError
     from runtime.lifecycle import container_store
 
-    root = _root(g)
+    root = g.store().root
     cs = container_store(root)
     code = 0
     for ref in refs:
         try:
             out = fn(root, cs.get(ref))
         except SandboxError as exc:
-            _err(str(exc), exc.hint)
+            report_error(str(exc), exc.hint)
             code = 1
             continue
         if out is not None:
             click.echo(out)
     return code
-
-
-def _template_error(exc: Exception) -> int:
-    from builder.errors import UsageError
-
-    raise UsageError(f"--format: {exc}") from None
 
 
 # -- ps ---------------------------------------------------------------------------------------------
@@ -119,7 +111,7 @@ def ps(g: Globals, all_: bool, quiet: bool, no_trunc: bool, last: int, latest: b
     if latest:
         last = 1
     show_all = all_ or last > 0 or any(f.startswith("status=") for f in filters)
-    rows = [(c, ps_row(c, now)) for c in iter_containers(_root(g), all_=show_all)]
+    rows = [(c, ps_row(c, now)) for c in iter_containers(g.store().root, all_=show_all)]
     rows = _ps_filter(rows, filters)
     if last > 0:
         rows = rows[:last]
@@ -136,10 +128,8 @@ def ps(g: Globals, all_: bool, quiet: bool, no_trunc: bool, last: int, latest: b
         click.echo(json_lines(objs), nl=False)
         return 0
     if fmt and fmt != "table":
-        try:
+        with template_flag():
             click.echo(render_rows(fmt, objs, _PS_HEADERS), nl=False)
-        except TemplateError as exc:
-            return _template_error(exc)
         return 0
     out = [[_PS_HEADERS[k] for k in _PS_COLUMNS]] + [[r[k] for k in _PS_COLUMNS] for r in objs]
     click.echo(table(out), nl=False)
@@ -193,7 +183,7 @@ def logs(g: Globals, container: str, follow: bool, tail: str, timestamps: bool, 
     from runtime.monitor import read_log
 
     del details
-    c = container_store(_root(g)).get(container)
+    c = container_store(g.store().root).get(container)
     if tail == "all" or tail == "-1":
         n = None
     else:
@@ -291,9 +281,9 @@ def start(g: Globals, containers: tuple[str, ...], attach: bool, interactive: bo
 def _start_attached(g: Globals, ref: str) -> int:
     from runtime.containers import LIVE
     from runtime.lifecycle import container_store, start_container
-    from runtime.monitor import parse_log_line
+    from runtime.monitor import read_log
 
-    root = _root(g)
+    root = g.store().root
     c = container_store(root).get(ref)
     size = c.log_path.stat().st_size if c.log_path.exists() else 0
     start_container(root, c)
@@ -302,27 +292,9 @@ def _start_attached(g: Globals, ref: str) -> int:
         return c.state().status in LIVE
 
     # follow only what this run writes: the entries after the old end of the file
-    with c.log_path.open("rb") as f:
-        f.seek(size)
-        pending = b""
-        while True:
-            chunk = f.readline()
-            if chunk:
-                pending += chunk
-                if pending.endswith(b"\n"):
-                    e = parse_log_line(pending)
-                    pending = b""
-                    if e is not None:
-                        (sys.stderr if e.stream == "stderr" else sys.stdout).write(e.log)
-                        sys.stdout.flush()
-                continue
-            if not alive():
-                for line in (pending + f.read()).splitlines():
-                    e = parse_log_line(line)
-                    if e is not None:
-                        (sys.stderr if e.stream == "stderr" else sys.stdout).write(e.log)
-                break
-            time.sleep(0.05)
+    for e in read_log(c.log_path, offset=size, follow=True, alive=alive):
+        (sys.stderr if e.stream == "stderr" else sys.stdout).write(e.log)
+        sys.stdout.flush()
     return c.state().exit_code
 
 
@@ -354,14 +326,14 @@ def rm(g: Globals, containers: tuple[str, ...], force: bool, volumes: bool) -> i
     from runtime.errors import SandboxError
     from runtime.lifecycle import container_store, remove_container
 
-    root = _root(g)
+    root = g.store().root
     cs = container_store(root)
     code = 0
     for ref in containers:
         try:
             remove_container(root, cs.get(ref), force=force, volumes=volumes)
         except SandboxError as exc:
-            _err(str(exc), exc.hint)
+            report_error(str(exc), exc.hint)
             code = 1
             continue
         click.echo(ref)
@@ -424,7 +396,7 @@ def port(g: Globals, container: str, private_port: str | None) -> int:
     """List port mappings of a container."""
     from runtime.lifecycle import container_store
 
-    c = container_store(_root(g)).get(container)
+    c = container_store(g.store().root).get(container)
     want = None
     if private_port:
         num, _, proto = private_port.partition("/")
@@ -438,7 +410,7 @@ def port(g: Globals, container: str, private_port: str | None) -> int:
             prefix = "" if want else f"{p['ContainerPort']}/{p['Proto']} -> "
             click.echo(f"{prefix}{p['HostIp']}:{p['HostPort']}")
     if want and not found:
-        _err(f"no public port '{private_port}' published for {container}")
+        report_error(f"no public port '{private_port}' published for {container}")
         return 1
     return 0
 
@@ -490,7 +462,7 @@ def stats(g: Globals, containers: tuple[str, ...], all_: bool, no_stream: bool, 
     """Display a live stream (or with --no-stream one sample) of container resource usage."""
     from runtime.lifecycle import container_stats, container_store, iter_containers
 
-    root = _root(g)
+    root = g.store().root
     cs = container_store(root)
     targets = [cs.get(r) for r in containers] if containers else list(iter_containers(root, all_=all_))
     while True:
@@ -507,10 +479,8 @@ def stats(g: Globals, containers: tuple[str, ...], all_: bool, no_stream: bool, 
         if fmt == "json":
             click.echo(json_lines(rows), nl=False)
         elif fmt and fmt != "table":
-            try:
+            with template_flag():
                 click.echo(render_rows(fmt, rows, _STATS_HEADERS), nl=False)
-            except TemplateError as exc:
-                return _template_error(exc)
         else:
             cols = ("ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs")
             if not no_stream and sys.stdout.isatty():
@@ -536,7 +506,7 @@ def top(g: Globals, container: str, ps_options: tuple[str, ...]) -> int:
     from runtime.lifecycle import container_store, container_top
 
     del ps_options
-    c = container_store(_root(g)).get(container)
+    c = container_store(g.store().root).get(container)
     if c.state().status not in ("running", "paused"):
         raise ContainerStateError(f"container {c.name} is not running")
     header, rows = container_top(c)
@@ -571,7 +541,7 @@ def cp(g: Globals, src: str, dest: str, archive: bool, follow_link: bool, quiet:
     d_ctr, d_path = _split_cp(dest)
     if (s_ctr is None) == (d_ctr is None):
         raise UsageError("cp: exactly one of SRC and DEST must be CONTAINER:PATH")
-    root = _root(g)
+    root = g.store().root
     cs = container_store(root)
     if s_ctr is not None:
         copy_from_container(cs.get(s_ctr), s_path, Path(d_path), root=root)
@@ -601,7 +571,7 @@ def exec_(g: Globals, container: str, command: tuple[str, ...], interactive: boo
     """Execute a command in a running container (joins its namespaces and cgroup)."""
     import os
 
-    from runtime.exec import ExecOptions, exec_in_container  # type: ignore[import-not-found,unused-ignore]
+    from runtime.exec import ExecOptions, exec_in_container
     from runtime.lifecycle import container_store
 
     envs: list[str] = []
@@ -617,10 +587,11 @@ def exec_(g: Globals, container: str, command: tuple[str, ...], interactive: boo
                 continue
             e = f"{e}={value}"
         envs.append(e)
-    c = container_store(_root(g)).get(container)
+    root = g.store().root
+    c = container_store(root).get(container)
     opts = ExecOptions(argv=tuple(command), env=tuple(envs), user=user, workdir=workdir, tty=tty,
                        interactive=interactive, detach=detach, privileged=privileged)
-    return int(exec_in_container(_root(g), c, opts))
+    return exec_in_container(root, c, opts)
 
 
 # -- inspect (containers) ---------------------------------------------------------------------------
@@ -630,7 +601,7 @@ def inspect_containers(g: Globals, names: tuple[str, ...],
     from runtime.containers import ContainerNotFound
     from runtime.lifecycle import container_store, inspect_container
 
-    root = _root(g)
+    root = g.store().root
     cs = container_store(root)
     views, rest = [], []
     for n in names:
@@ -640,18 +611,6 @@ def inspect_containers(g: Globals, names: tuple[str, ...],
             rest.append(n)
     del fmt
     return views, rest
-
-
-def _print_views(views: list[dict[str, Any]], fmt: str | None) -> int:
-    if fmt and fmt != "json":
-        try:
-            for v in views:
-                click.echo(render(fmt, v))
-        except TemplateError as exc:
-            return _template_error(exc)
-    else:
-        click.echo(json.dumps(views, indent=4))
-    return 0
 
 
 @click.command("inspect")
@@ -664,9 +623,10 @@ def container_inspect(g: Globals, containers: tuple[str, ...], fmt: str | None, 
     """Display detailed information on one or more containers."""
     del size
     views, missing = inspect_containers(g, containers, fmt)
-    _print_views(views, fmt)
+    with template_flag():
+        click.echo(inspect_text(views, fmt), nl=False)
     for m in missing:
-        _err(f"no such container: {m}")
+        report_error(f"no such container: {m}")
     return 1 if missing else 0
 
 
@@ -679,16 +639,10 @@ def container_prune(g: Globals, force: bool) -> int:
     """Remove all stopped containers."""
     from runtime.lifecycle import prune_containers
 
-    if not force and not click.confirm("WARNING! This will remove all stopped containers.\n"
-                                       "Are you sure you want to continue?", default=False, err=True):
+    if not force and not confirm("WARNING! This will remove all stopped containers."):
         return 0
-    removed = prune_containers(_root(g))
-    if removed:
-        click.echo("Deleted Containers:")
-        for cid in removed:
-            click.echo(cid)
-        click.echo("")
-    click.echo("Total reclaimed space: 0B")
+    removed = prune_containers(g.store().root)
+    prune_report("Deleted Containers:", removed, "0B")
     return 0
 
 

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from builder.commands import Globals, pass_globals, report_error, returns_code
+from builder.commands import (
+    Globals,
+    confirm,
+    pass_globals,
+    prune_report,
+    report_error,
+    returns_code,
+    template_flag,
+)
 from builder.commands._format import (
-    TemplateError,
     ellipsis,
     go_time,
     human_size,
@@ -164,12 +170,8 @@ def images(g: Globals, reference: str | None, all_: bool, quiet: bool, digests: 
         click.echo(json_lines(rows), nl=False)
         return 0
     if fmt and fmt != "table":
-        try:
+        with template_flag():
             click.echo(render_rows(fmt, rows, _IMAGE_HEADERS), nl=False)
-        except TemplateError as exc:
-            from builder.errors import UsageError
-
-            raise UsageError(f"--format: {exc}") from None
         return 0
     cols = ["Repository", "Tag"] + (["Digest"] if digests else []) + ["ID", "CreatedSince", "Size"]
     out = [[_IMAGE_HEADERS[c] for c in cols]]
@@ -208,12 +210,8 @@ def inspect(g: Globals, names: tuple[str, ...], fmt: str | None, type_: str | No
             views.append(inspect_view(resolve_image(store, name)))
         except RegistryError as exc:
             missing.append(f"no such object: {name}" if "no such image" in str(exc) else str(exc))
-    try:
+    with template_flag():
         click.echo(inspect_text(views, fmt), nl=False)
-    except TemplateError as exc:
-        from builder.errors import UsageError
-
-        raise UsageError(f"--format: {exc}") from None
     for message in missing:
         report_error(message)
     return 1 if missing else 0
@@ -377,22 +375,10 @@ def _collect(store: DirStore, candidates: list[Digest]) -> None:
 
 
 # -- prune / system -----------------------------------------------------------------------------
-def _confirm(message: str) -> bool:
-    click.echo(f"{message}\nAre you sure you want to continue? [y/N] ", nl=False, err=True)
-    line = sys.stdin.readline() if sys.stdin is not None else ""
-    return line.strip().lower() in ("y", "yes")
-
-
 def _print_prune(result: Any) -> None:
-
-    if result.untagged or result.deleted:
-        click.echo("Deleted Images:")
-        for name in result.untagged:
-            click.echo(f"untagged: {_familiar(name)}")
-        for image_id in result.deleted:
-            click.echo(f"deleted: {image_id}")
-        click.echo("")
-    click.echo(f"Total reclaimed space: {human_size(result.gc.bytes_freed)}")
+    prune_report("Deleted Images:", [f"untagged: {_familiar(name)}" for name in result.untagged]
+                 + [f"deleted: {image_id}" for image_id in result.deleted],
+                 human_size(result.gc.bytes_freed))
 
 
 @click.command("prune")
@@ -405,7 +391,7 @@ def image_prune(g: Globals, all_: bool, force: bool) -> int:
 
     what = ("all images without at least one container associated to them" if all_
             else "all dangling images")
-    if not force and not _confirm(f"WARNING! This will remove {what}."):
+    if not force and not confirm(f"WARNING! This will remove {what}."):
         return 0
     _print_prune(_prune(g.store(), all_))
     return 0
@@ -489,7 +475,7 @@ def system_prune(g: Globals, all_: bool, force: bool) -> int:
     partial writes."""
 
     images_line = "all images without at least one container" if all_ else "all dangling images"
-    if not force and not _confirm("WARNING! This will remove:\n"
+    if not force and not confirm("WARNING! This will remove:\n"
                                   f"  - {images_line}\n"
                                   "  - all blobs no image, container or cache record uses\n"
                                   "  - abandoned partial downloads and writes"):

@@ -8,32 +8,31 @@ included), a JSON array for `inspect`; exit 1 for a missing or in-use network.
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from builder.commands import Globals, pass_globals, returns_code
-from builder.commands._format import TemplateError, json_lines, render, render_rows, table
+from builder.commands import (
+    Globals,
+    confirm,
+    inspect_each,
+    pass_globals,
+    report_error,
+    returns_code,
+    template_flag,
+)
+from builder.commands._format import json_lines, render_rows, table
+
+if TYPE_CHECKING:
+    from runtime.network import NetworkStore
 
 _PSEUDO = {"host": "host", "none": "null"}
 
 
-def _err(message: str, hint: str | None = None) -> None:
-    click.echo(f"error: {message}", err=True)
-    if hint:
-        click.echo(f"hint: {hint}", err=True)
-
-
-def _root(g: Globals) -> Path:
-    return g.store().root
-
-
-def _store(g: Globals) -> Any:
+def _store(g: Globals) -> NetworkStore:
     from runtime.network import NetworkStore
 
-    return NetworkStore(_root(g) / "networks")
+    return NetworkStore(g.store().root / "networks")
 
 
 @click.group("network")
@@ -122,10 +121,8 @@ def ls(g: Globals, quiet: bool, no_trunc: bool, filters: tuple[str, ...], fmt: s
     if fmt == "json":
         click.echo(json_lines(rows), nl=False)
     elif fmt and fmt != "table":
-        try:
+        with template_flag():
             click.echo(render_rows(fmt, rows, _LS_HEADERS), nl=False)
-        except TemplateError as exc:
-            raise UsageError(f"--format: {exc}") from None
     else:
         cols = ("ID", "Name", "Driver", "Scope")
         click.echo(table([[_LS_HEADERS[c] for c in cols]] + [[r[c] for c in cols] for r in rows]), nl=False)
@@ -141,7 +138,7 @@ def _view(g: Globals, ref: str) -> dict[str, Any]:
 
     st = _store(g)
     net = st.get(ref)
-    cs = container_store(_root(g))
+    cs = container_store(g.store().root)
     containers = {}
     for ep in st.endpoints(net):
         name = ep.name
@@ -167,28 +164,14 @@ def _view(g: Globals, ref: str) -> dict[str, Any]:
 @returns_code
 def inspect(g: Globals, names: tuple[str, ...], fmt: str | None) -> int:
     """Display detailed information on one or more networks."""
-    from builder.errors import UsageError
     from runtime.errors import SandboxError
 
-    views, code = [], 0
-    for n in names:
-        if n in _PSEUDO:
-            views.append({"Name": n, "Id": n, "Scope": "local", "Driver": _PSEUDO[n], "Containers": {}})
-            continue
-        try:
-            views.append(_view(g, n))
-        except SandboxError as exc:
-            _err(str(exc), exc.hint)
-            code = 1
-    if fmt and fmt != "json":
-        try:
-            for v in views:
-                click.echo(render(fmt, v))
-        except TemplateError as exc:
-            raise UsageError(f"--format: {exc}") from None
-    else:
-        click.echo(json.dumps(views, indent=4))
-    return code
+    def view(name: str) -> dict[str, Any]:
+        if name in _PSEUDO:
+            return {"Name": name, "Id": name, "Scope": "local", "Driver": _PSEUDO[name], "Containers": {}}
+        return _view(g, name)
+
+    return inspect_each(names, view, SandboxError, fmt)
 
 
 @network.command("rm")
@@ -205,18 +188,18 @@ def rm(g: Globals, names: tuple[str, ...], force: bool) -> int:
     code = 0
     for n in names:
         if n in ("bridge", "host", "none"):
-            _err(f"{n} is a pre-defined network and cannot be removed")
+            report_error(f"{n} is a pre-defined network and cannot be removed")
             code = 1
             continue
         try:
             st.remove(n)
         except NetworkNotFound as exc:
             if not force:
-                _err(str(exc), exc.hint)
+                report_error(str(exc), exc.hint)
                 code = 1
             continue
         except SandboxError as exc:
-            _err(str(exc), exc.hint)
+            report_error(str(exc), exc.hint)
             code = 1
             continue
         click.echo(n)
@@ -232,9 +215,8 @@ network.add_command(rm, "remove")
 @returns_code
 def prune(g: Globals, force: bool) -> int:
     """Remove all user-defined networks no container uses."""
-    if not force and not click.confirm("WARNING! This will remove all custom networks not used by at least "
-                                       "one container.\nAre you sure you want to continue?",
-                                       default=False, err=True):
+    if not force and not confirm("WARNING! This will remove all custom networks not used by at least "
+                                 "one container."):
         return 0
     removed = _store(g).prune()
     if removed:

@@ -7,23 +7,19 @@ volume (the other names are still processed).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from builder.commands import Globals, pass_globals, returns_code
-from builder.commands._format import TemplateError, json_lines, render, render_rows, table
-
-
-def _err(message: str, hint: str | None = None) -> None:
-    click.echo(f"error: {message}", err=True)
-    if hint:
-        click.echo(f"hint: {hint}", err=True)
-
-
-def _root(g: Globals) -> Path:
-    return g.store().root
+from builder.commands import (
+    Globals,
+    confirm,
+    inspect_each,
+    pass_globals,
+    prune_report,
+    report_error,
+    returns_code,
+    template_flag,
+)
+from builder.commands._format import json_lines, render_rows, table
 
 
 def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -57,7 +53,7 @@ def create(g: Globals, name: str | None, driver: str, labels: tuple[str, ...], o
 
     if driver != "local":
         raise UsageError(f"volume driver {driver!r} is not supported: only 'local'")
-    vol = VolumeStore(_root(g) / "volumes").create(name, labels=_kv(labels, "label"),
+    vol = VolumeStore(g.store().root / "volumes").create(name, labels=_kv(labels, "label"),
                                                    options=_kv(opts, "option"))
     click.echo(vol.name)
     return 0
@@ -79,7 +75,7 @@ def ls(g: Globals, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> in
     from runtime.lifecycle import container_store
     from runtime.volumes import VolumeStore, volumes_in_use
 
-    root = _root(g)
+    root = g.store().root
     vols = VolumeStore(root / "volumes").list_all()
     used = volumes_in_use(container_store(root)) if any(f.startswith("dangling=") for f in filters) else {}
     for f in filters:
@@ -103,10 +99,8 @@ def ls(g: Globals, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> in
     if fmt == "json":
         click.echo(json_lines(rows), nl=False)
     elif fmt and fmt != "table":
-        try:
+        with template_flag():
             click.echo(render_rows(fmt, rows, _LS_HEADERS), nl=False)
-        except TemplateError as exc:
-            raise UsageError(f"--format: {exc}") from None
     else:
         click.echo(table([["DRIVER", "VOLUME NAME"]] + [[r["Driver"], r["Name"]] for r in rows]), nl=False)
     return 0
@@ -122,26 +116,10 @@ volume.add_command(ls, "list")
 @returns_code
 def inspect(g: Globals, names: tuple[str, ...], fmt: str | None) -> int:
     """Display detailed information on one or more volumes."""
-    from builder.errors import UsageError
     from runtime.volumes import VolumeError, VolumeStore
 
-    vs = VolumeStore(_root(g) / "volumes")
-    views, code = [], 0
-    for n in names:
-        try:
-            views.append(vs.get(n).inspect())
-        except VolumeError as exc:
-            _err(str(exc), exc.hint)
-            code = 1
-    if fmt and fmt != "json":
-        try:
-            for v in views:
-                click.echo(render(fmt, v))
-        except TemplateError as exc:
-            raise UsageError(f"--format: {exc}") from None
-    else:
-        click.echo(json.dumps(views, indent=4))
-    return code
+    vs = VolumeStore(g.store().root / "volumes")
+    return inspect_each(names, lambda name: vs.get(name).inspect(), VolumeError, fmt)
 
 
 @volume.command("rm")
@@ -154,7 +132,7 @@ def rm(g: Globals, names: tuple[str, ...], force: bool) -> int:
     from runtime.lifecycle import container_store
     from runtime.volumes import VolumeError, VolumeStore, volumes_in_use
 
-    root = _root(g)
+    root = g.store().root
     vs = VolumeStore(root / "volumes")
     used = volumes_in_use(container_store(root))
     code = 0
@@ -162,7 +140,7 @@ def rm(g: Globals, names: tuple[str, ...], force: bool) -> int:
         try:
             vs.remove(n, users=used.get(n, ()), force=force)
         except VolumeError as exc:
-            _err(str(exc), exc.hint)
+            report_error(str(exc), exc.hint)
             code = 1
             continue
         click.echo(n)
@@ -184,15 +162,9 @@ def prune(g: Globals, all_: bool, force: bool) -> int:
 
     what = "all volumes not used by at least one container" if all_ else \
         "all anonymous volumes not used by at least one container"
-    if not force and not click.confirm(f"WARNING! This will remove {what}.\n"
-                                       "Are you sure you want to continue?", default=False, err=True):
+    if not force and not confirm(f"WARNING! This will remove {what}."):
         return 0
-    root = _root(g)
+    root = g.store().root
     removed = VolumeStore(root / "volumes").prune(volumes_in_use(container_store(root)), all_volumes=all_)
-    if removed:
-        click.echo("Deleted Volumes:")
-        for n in removed:
-            click.echo(n)
-        click.echo("")
-    click.echo("Total reclaimed space: 0B")
+    prune_report("Deleted Volumes:", removed, "0B")
     return 0

@@ -34,4 +34,5 @@ def test_demo_runs_twice_with_the_same_digest(tmp_path: Path) -> None:
         assert re.search(r"^busybox\s+latest\s+[0-9a-f]{12}\s", out, re.M)
         assert "IMAGE          CREATED" in out and "Loaded image: busybox:latest" in out
     kept = [re.search(r"round trip kept the image ID and manifest digest: (.*)", o) for o in outs]
-    assert kept[0] and kept[1] and kept[0].group(1) == kept[1].group(1)
+    assert kept[0] and kept[1]
+    assert kept[0].group(1) == kept[1].group(1), "\n=== run 1 ===\n" + outs[0] + "\n=== run 2 ===\n" + outs[1]

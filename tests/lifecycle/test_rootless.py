@@ -7,100 +7,32 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from registry.store import DirStore
-from tests.support.images import build_busybox, have_busybox
 from tests.support.registry_server import free_loopback_port
+from tests.support.rootless import RootlessUser, pybuild_as, rootless_user
 
-REPO = Path(__file__).resolve().parents[2]
-SUBID_START, SUBID_COUNT = 420000, 65536
+SUBID_START = 420000
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_userns, pytest.mark.slow]
 
 
-@dataclass
-class User:
-    name: str
-    uid: int
-    store: Path
-    work: Path
-    python: str
-
-
-def _others_can_run(path: str) -> bool:
-    real = Path(path).resolve()
-    return bool(real.stat().st_mode & 0o001) and all(p.stat().st_mode & 0o001 for p in real.parents)
-
-
 @pytest.fixture(scope="module")
-def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
-    for tool in ("useradd", "userdel", "usermod", "runuser", "newuidmap"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
-    if not have_busybox():
-        pytest.skip("busybox-static not installed")
-    python = sys.executable
-    if not _others_can_run(python):
-        minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-        python = shutil.which(minor, path="/usr/bin:/usr/local/bin") or ""
-        if not python or not _others_can_run(python):
-            pytest.skip(f"no {minor} an unprivileged user can execute")
-    name = f"pblc{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-K", "SUB_UID_COUNT=0",
-                    "-K", "SUB_GID_COUNT=0", name], check=True)
-    base = Path(tmp_path_factory.mktemp("rootless-lifecycle"))
-    try:
-        last = SUBID_START + SUBID_COUNT - 1
-        subprocess.run(["usermod", "--add-subuids", f"{SUBID_START}-{last}",
-                        "--add-subgids", f"{SUBID_START}-{last}", name], check=True)
-        import pwd
-
-        pw = pwd.getpwnam(name)
-        base.chmod(0o755)
-        for p in base.parents:
-            if str(p).startswith("/tmp/") and p.stat().st_mode & 0o005 != 0o005:
-                p.chmod(p.stat().st_mode | 0o005)
-        store = base / "store"
-        build_busybox(DirStore(store))
-        work = base / "work"
-        work.mkdir()
-        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(base)], check=True)
-        yield User(name, pw.pw_uid, store, work, python)
-    finally:
-        # whatever a failed test left running as that user goes (by pid) before the user does
-        left = subprocess.run(["pgrep", "-u", name], capture_output=True, text=True).stdout.split()
-        for pid in left:
-            try:
-                os.kill(int(pid), 9)
-            except OSError:
-                pass
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootlessUser]:
+    with rootless_user(tmp_path_factory, "pblc", subid_start=SUBID_START) as u:
+        yield u
 
 
-def as_user(u: User, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    import click
-
-    site = str(Path(click.__file__).resolve().parent.parent)
-    boot = (f"import sys, importlib.util; sys.path[:0] = [{str(REPO)!r}, {site!r}]; "
-            "from builder.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(u.work), "LANG": "C.UTF-8"}
-    argv = ["runuser", "-u", u.name, "--", u.python, "-c", boot, "--root", str(u.store), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=u.work, env=env,
-                          check=False)
+def as_user(u: RootlessUser, *args: str) -> subprocess.CompletedProcess[str]:
+    return pybuild_as(u, *args, timeout=60)
 
 
-def test_rootless_detached_lifecycle(user: User) -> None:
+def test_rootless_detached_lifecycle(user: RootlessUser) -> None:
     r = as_user(user, "run", "-d", "--network", "none", "--name", "rl", "busybox", "sh", "-c",
                 "echo started; echo data > /root/kept; while :; do sleep 0.1; done")
     assert r.returncode == 0, r.stderr
@@ -137,7 +69,7 @@ def test_rootless_detached_lifecycle(user: User) -> None:
     assert running == []
 
 
-def test_rootless_default_network_is_slirp4netns(user: User) -> None:
+def test_rootless_default_network_is_slirp4netns(user: RootlessUser) -> None:
     port = free_loopback_port()
     r = as_user(user, "run", "-d", "--name", "rlnet", "-p", f"127.0.0.1:{port}:80", "busybox", "httpd",
                 "-f", "-p", "80", "-h", "/etc")

@@ -8,14 +8,10 @@ behaviour (owners dropped to the container's root) plus one warning per such lay
 
 from __future__ import annotations
 
+import contextlib
 import os
-import secrets
-import shutil
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,10 +20,11 @@ from registry.imagebuild import host_arch, store_image
 from registry.layertar import LayerBlob, TarEntry, opaque, whiteout, write_layer
 from registry.model import ContainerConfig, History, ImageConfig, Manifest, chain_ids
 from registry.store import DirStore
-from tests.support.images import PATH_ENV, busybox_entries, have_busybox
+from tests.support.images import PATH_ENV, busybox_entries
+from tests.support.rootless import RootlessUser, import_prelude, pybuild_as, python_as, rootless_user
 
-REPO = Path(__file__).resolve().parents[2]
-SUBID_START, SUBID_COUNT = 520000, 65536
+SUBID_START = 520000
+Users = tuple[RootlessUser, RootlessUser]      # (with a subordinate id range, without one)
 REF = "docker.io/library/owners:1"
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_userns, pytest.mark.slow]
@@ -36,38 +33,6 @@ PROBE = ("stat -c '%u:%g %a %n' /srv/www /srv/www/index.html /srv/www/tool /var/
          "echo data=$(ls -A /data); echo srv=$(ls -A /srv)")
 EXPECTED_KEPT = ["33:33 2775 /srv/www", "33:33 640 /srv/www/index.html", "33:33 4755 /srv/www/tool",
                  "0:8 2775 /var/mail", "1000:1000 644 /data/new.txt", "data=new.txt", "srv=www"]
-
-
-@dataclass
-class User:
-    name: str
-    uid: int
-    gid: int
-    store: Path
-    work: Path
-
-
-def _others_can_run(path: str) -> bool:
-    real = Path(path).resolve()
-    return bool(real.stat().st_mode & 0o001) and all(p.stat().st_mode & 0o001 for p in real.parents)
-
-
-def _python() -> str:
-    """An interpreter the user may execute (this venv's may live under root's private home),
-    of the same minor version, so the venv's packages import as they are."""
-    if _others_can_run(sys.executable):
-        return sys.executable
-    minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    found = shutil.which(minor, path="/usr/bin:/usr/local/bin")
-    if found is None or not _others_can_run(found):
-        pytest.skip(f"no {minor} that an unprivileged user can execute")
-    return found
-
-
-def _site_packages() -> str:
-    import click
-
-    return str(Path(click.__file__).resolve().parent.parent)
 
 
 def _layers(store: DirStore) -> list[LayerBlob]:
@@ -123,73 +88,26 @@ def _bad_images(store: DirStore, layers: list[LayerBlob]) -> None:
     blob.write_bytes(bytes(data))
 
 
-def _make_user(tmp_path_factory: pytest.TempPathFactory, prefix: str, *, subids: bool) -> User:
-    name = f"{prefix}{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-K", "SUB_UID_COUNT=0",
-                    "-K", "SUB_GID_COUNT=0", name], check=True)
-    if subids:
-        last = SUBID_START + SUBID_COUNT - 1
-        subprocess.run(["usermod", "--add-subuids", f"{SUBID_START}-{last}",
-                        "--add-subgids", f"{SUBID_START}-{last}", name], check=True)
-    import pwd
-
-    pw = pwd.getpwnam(name)
-    base = tmp_path_factory.mktemp(f"rootless-unpack-{prefix}")
-    base.chmod(0o755)
-    for p in base.parents:
-        if str(p).startswith("/tmp/") and p.stat().st_mode & 0o005 != 0o005:
-            p.chmod(p.stat().st_mode | 0o005)
-    store = DirStore(base / "store")
+def _populate(store: DirStore, work: Path) -> None:
+    """The owners image (REF) and the two broken ones, in the user's store."""
+    del work
     layers = _layers(store)
     store_image(store, _config(layers), layers, tags=[REF])
     _bad_images(store, layers)
-    (base / "work").mkdir()
-    subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(base)], check=True)
-    return User(name, pw.pw_uid, pw.pw_gid, base / "store", base / "work")
-
-
-def _drop_user(user: User) -> None:
-    left = subprocess.run(["pgrep", "-u", user.name], capture_output=True, text=True).stdout.split()
-    for pid in left:
-        try:
-            os.kill(int(pid), 9)
-        except OSError:
-            pass
-    subprocess.run(["userdel", user.name], check=False, capture_output=True)
-    shutil.rmtree(user.store.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[User, User]]:
-    for tool in ("useradd", "userdel", "usermod", "runuser", "newuidmap", "newgidmap"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
-    if not have_busybox():
-        pytest.skip("busybox-static not installed")
-    made: list[User] = []
-    try:
-        made.append(_make_user(tmp_path_factory, "pbun", subids=True))
-        made.append(_make_user(tmp_path_factory, "pbsg", subids=False))
-        yield made[0], made[1]
-    finally:
-        for u in made:
-            _drop_user(u)
+def users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Users]:
+    """One user with its own /etc/subuid + /etc/subgid range, one without any."""
+    with contextlib.ExitStack() as stack:
+        ranged = stack.enter_context(rootless_user(tmp_path_factory, "pbun", subid_start=SUBID_START,
+                                                   populate=_populate))
+        single = stack.enter_context(rootless_user(tmp_path_factory, "pbsg", subid_start=None,
+                                                   populate=_populate))
+        yield ranged, single
 
 
-def as_user(user: User, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """``python -c CODE argv...`` as the user (CODE puts the repo and site-packages first)."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(user.work), "LANG": "C.UTF-8"}
-    return subprocess.run(["runuser", "-u", user.name, "--", _python(), *argv], capture_output=True,
-                          text=True, timeout=timeout, cwd=user.work, env=env, check=False)
-
-
-def pybuild_as(user: User, *args: str) -> subprocess.CompletedProcess[str]:
-    boot = (f"import sys, importlib.util; sys.path[:0] = [{str(REPO)!r}, {_site_packages()!r}]; "
-            "from builder.cli import main; sys.exit(main(sys.argv[1:]))")
-    return as_user(user, "-c", boot, "--root", str(user.store), *args)
-
-
-def _snapshot_fs(user: User, layer_index: int) -> Path:
+def _snapshot_fs(user: RootlessUser, layer_index: int) -> Path:
     from registry.image import resolve_image
     from runtime.snapshots import OverlaySnapshotter
 
@@ -199,7 +117,7 @@ def _snapshot_fs(user: User, layer_index: int) -> Path:
     return OverlaySnapshotter(user.store / "snapshots").path(key)
 
 
-def test_rootless_run_shows_the_layer_owners_and_modes(users: tuple[User, User]) -> None:
+def test_rootless_run_shows_the_layer_owners_and_modes(users: Users) -> None:
     user, _ = users
     r = pybuild_as(user, "run", "--rm", "--network", "none", REF, "sh", "-c", PROBE)
     assert r.returncode == 0, r.stderr
@@ -227,14 +145,12 @@ def test_rootless_run_shows_the_layer_owners_and_modes(users: tuple[User, User])
     assert again.stdout.splitlines() == EXPECTED_KEPT
 
 
-def test_rootless_unpack_failures_keep_their_type_and_clean_up(users: tuple[User, User]) -> None:
+def test_rootless_unpack_failures_keep_their_type_and_clean_up(users: Users) -> None:
     """A wrong diff_id (LayerError) and a corrupted blob (DigestMismatch) from the unpack child
     reach the caller as the same classes; the partial snapshots, full of subordinate-id files
     the user cannot remove from the host side, are gone."""
     user, _ = users
-    code = f"""
-import sys
-sys.path[:0] = [{str(REPO)!r}, {_site_packages()!r}]
+    code = import_prelude() + f"""
 from registry.image import resolve_image
 from registry.store import DirStore
 from runtime.rootfs import ensure_chain_report
@@ -250,7 +166,7 @@ for ref in ("bad-diffid:1", "corrupt:1"):
         print(ref, type(exc).__name__, getattr(exc, "why", getattr(exc, "expected", "")), sep="|")
 print("active", sorted(i.key for i in sn.walk() if i.kind != "committed"))
 """
-    r = as_user(user, "-c", code)
+    r = python_as(user, "-c", code)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("bad-diffid:1|LayerError|uncompressed content has digest"), lines
@@ -260,7 +176,7 @@ print("active", sorted(i.key for i in sn.walk() if i.kind != "committed"))
     assert [p.name for p in snapshots.iterdir() if p.name.startswith((".new-", ".trash-"))] == []
 
 
-def test_single_id_map_drops_owners_with_one_warning_per_layer(users: tuple[User, User]) -> None:
+def test_single_id_map_drops_owners_with_one_warning_per_layer(users: Users) -> None:
     _, single = users
     r = pybuild_as(single, "run", "--rm", "--network", "none", REF, "sh", "-c", PROBE)
     assert r.returncode == 0, r.stderr
