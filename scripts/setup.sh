@@ -43,3 +43,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# The Dockerfile-parser oracle for the differential fuzz test (tests/grammar/test_oracle_fuzz.py):
+# PyPI's `dockerfile` 3.4.0 embeds BuildKit v0.12.5's Go parser (x86_64 wheel). Kept in its own
+# venv: it is a test oracle, not a dependency. Optional: the fuzz test says why it skips.
+if [ "$(uname -m)" = x86_64 ] && [ ! -x .state/oracle/bin/python ]; then
+  python3 -m venv .state/oracle \
+    && .state/oracle/bin/python -m pip install -q 'dockerfile==3.4.0' \
+    || { echo "setup: the BuildKit parser oracle could not be installed (fuzz test will skip)" >&2
+         rm -rf .state/oracle; }
+fi

@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
+if [ -x .state/oracle/bin/python ] && [ -z "${PYBUILD_ORACLE_PYTHON:-}" ]; then
+  export PYBUILD_ORACLE_PYTHON="$PWD/.state/oracle/bin/python"
+fi
 exec .venv/bin/python -m pytest -q "$@"
