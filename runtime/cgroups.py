@@ -200,6 +200,30 @@ def _v1_mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, tupl
     return out
 
 
+
+def hybrid_v2_mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
+    """The cgroup2 mount points of a hybrid host whose v2 hierarchy still holds a controller
+    (here: hugetlb, the one controller not mounted as v1); [] on a pure v1 or pure v2 host.
+
+    crun 1.x refuses such a host ("cgroups in hybrid mode not supported"). ``run_runtime``
+    detaches these mounts in the runtime's private mount namespace, so crun sees plain v1;
+    pybuild never sets a limit that only v2 could hold there (hugetlb)."""
+    if not _v1_mounts(mountinfo):
+        return []
+    out = []
+    for line in mountinfo.read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split()[:1] != ["cgroup2"]:
+            continue
+        point = left.split()[4].replace("\\040", " ")
+        try:
+            controllers = (Path(point) / "cgroup.controllers").read_text().split()
+        except OSError:
+            continue
+        if controllers:
+            out.append(point)
+    return out
+
 # -- drivers -----------------------------------------------------------------------------------
 class Cgroup:
     """The container's cgroup (either version). Not thread-safe; owned by one sandbox parent."""

@@ -1141,6 +1141,8 @@ def runtime_mode(cfg: dict[str, Any], fds: dict[str, int]) -> None:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         sc.unshare(sc.CLONE_NEWNS)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        for point in cfg.get("hide_mounts") or ():
+            sc.umount2(point, sc.MNT_DETACH)   # see cgroups.hybrid_v2_mounts
         spec = cfg["spec"]
         root_path = spec["root"]["path"]
         mount_rootfs(cfg.get("rootfs_mounts") or [], root_path)

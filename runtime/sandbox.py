@@ -830,6 +830,10 @@ def run_runtime(spec: Mapping[str, Any], *, bundle: str | os.PathLike[str], cont
         Path(state_root).mkdir(parents=True, exist_ok=True)
         argv += ["--root", state_root]
     argv += ["run", "--bundle", str(bundle_path), container_id]
+    hide = cgroups.hybrid_v2_mounts() if Path(exe).name == "crun" else []
+    if hide and (spec.get("linux") or {}).get("resources", {}).get("hugepageLimits"):
+        raise UnsupportedHost("crun cannot apply hugepage limits on this hybrid cgroup host",
+                              hint="use --runtime runc, or the built-in sandbox")
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -840,7 +844,7 @@ def run_runtime(spec: Mapping[str, Any], *, bundle: str | os.PathLike[str], cont
             os.close(msg_w)
         _send_frame(ctl_w, {"mode": "runtime", "spec": spec, "bundle": str(bundle_path),
                             "rootfs_mounts": [_mount_dict(m) for m in rootfs_mounts],
-                            "runtime_path": exe, "runtime_argv": argv})
+                            "runtime_path": exe, "runtime_argv": argv, "hide_mounts": hide})
         os.close(ctl_w)
         ctl_w = -1
         previous = {}

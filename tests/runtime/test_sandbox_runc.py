@@ -1,13 +1,11 @@
 """The sandbox speaks OCI: the same config.json runs under pybuild's own sandbox and under runc
-(`--runtime runc`), and the isolation probe sees the same container in both. crun reads the
-same bundle but cannot run on this host (cgroup v1 + a cgroup2 mount = "hybrid", which crun
-1.8 refuses); that single case is skipped with crun's own message."""
+(`--runtime runc|crun`), and the isolation probe sees the same container under each. On a
+hybrid cgroup host, which crun 1.x refuses, run_runtime hides the v2 mount from crun
+(cgroups.hybrid_v2_mounts); a test below pins that."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -71,26 +69,44 @@ def test_runc_exit_code_passes_through(rootfs: Rootfs, tmp_path: Path) -> None:
     assert code == 23
 
 
-def _crun_unusable() -> str | None:
-    if shutil.which("crun") is None:
-        return "crun is not installed"
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["crun", "spec"], cwd=tmp, capture_output=True, check=False)
-        Path(tmp, "rootfs").mkdir()
-        proc = subprocess.run(["crun", "--root", f"{tmp}/state", "run", "--bundle", tmp, "probe"],
-                              capture_output=True, text=True, check=False, timeout=20)
-    if "hybrid mode not supported" in proc.stderr:
-        return f"host limitation, not a pybuild one: crun says {proc.stderr.strip()!r}"
-    return None
-
-
+@pytest.mark.needs_peer("crun")
 def test_probe_matches_crun(rootfs: Rootfs, tmp_path: Path) -> None:
-    why = _crun_unusable()
-    if why is not None:
-        # a genuine host limitation (see bench/RESULTS pitfall 1): skip even under CI
-        pytest.skip(why)
     ours = run_in(rootfs, ["sh", "-c", PROBE], hostname="probe-host")
     code, theirs, err = _under_runtime("crun", rootfs, tmp_path)
     assert code == 0, err
     ov = ours.values()
     assert {k: ov.get(k) for k in SAME} == {k: theirs.get(k) for k in SAME}
+
+
+@pytest.mark.needs_peer("crun")
+def test_crun_applies_a_memory_limit(rootfs: Rootfs, tmp_path: Path) -> None:
+    spec = make_spec(rootfs, ["sh", "-c", "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
+                              "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"])
+    spec["linux"]["cgroupsPath"] = f"/pybuild-crun-m{os.getpid()}"
+    spec["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        code = sandbox.run_runtime(spec, bundle=tmp_path / "b", container_id=f"m{os.getpid()}",
+                                   runtime="crun", rootfs_mounts=rootfs.mounts, stdio=(None, out, err),
+                                   state_root=str(tmp_path / "state"))
+        out.seek(0)
+        err.seek(0)
+        assert code == 0, err.read().decode()
+        assert out.read().decode().strip() == str(64 << 20)
+
+
+def test_hybrid_v2_mounts_from_mountinfo(tmp_path: Path) -> None:
+    from runtime import cgroups
+
+    v2 = tmp_path / "unified"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("hugetlb\n")
+    info = tmp_path / "mountinfo"
+    v1 = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+    unified = f"31 25 0:27 / {v2} rw - cgroup2 cgroup2 rw\n"
+    info.write_text(v1 + unified)
+    assert cgroups.hybrid_v2_mounts(info) == [str(v2)]
+    (v2 / "cgroup.controllers").write_text("\n")          # an empty v2 tree is harmless
+    assert cgroups.hybrid_v2_mounts(info) == []
+    info.write_text(unified)                               # pure v2: nothing to hide
+    (v2 / "cgroup.controllers").write_text("memory pids\n")
+    assert cgroups.hybrid_v2_mounts(info) == []
