@@ -57,7 +57,7 @@ class LayerError(SandboxError):
 
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, layer: str, entry: str, why: str) -> None:
+    def __init__(self, layer: str, entry: str, why: str, *, hint: str | None = None) -> None:
         where = f" entry {entry!r}" if entry else ""
-        super().__init__(f"layer {layer}{where}: {why}")
+        super().__init__(f"layer {layer}{where}: {why}", hint=hint)
         self.layer, self.entry, self.why = layer, entry, why

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 EXTRACT_LABEL = "pybuild.extract"
 USERNS_OP = "unpack-chain"       # the nsinit apply-mode op that runs unpack_in_userns
+MAX_LAYER_ENV = "PYBUILD_MAX_LAYER_SIZE"
+LAYER_RATIO = 200                # a layer may decompress to 200x its blob ...
+LAYER_FLOOR = 1 << 30            # ... or 1 GiB, whichever is larger (gzip of zeros is ~1000x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +73,36 @@ class _Progress:
                    stats, [(str(d), float(t)) for d, t in doc.get("layers") or ()])
 
 
-class _Hashing:
-    """Hashes everything read through it (the diff_id of the uncompressed layer)."""
+def max_layer_size() -> int | None:
+    """The user's cap on a layer's decompressed size from $PYBUILD_MAX_LAYER_SIZE (``20g``,
+    bytes; ``0`` = no cap), or None for the default (``layer_cap``)."""
+    text = os.environ.get(MAX_LAYER_ENV, "").strip()
+    if not text:
+        return None
+    from runtime.spec import SpecError, parse_bytes
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    try:
+        return parse_bytes(text, what=MAX_LAYER_ENV)
+    except SpecError as exc:
+        raise SandboxError(str(exc), hint=f"e.g. {MAX_LAYER_ENV}=20g, or 0 for no cap") from None
+
+
+def layer_cap(compressed: int, override: int | None) -> int | None:
+    """How many bytes a layer of ``compressed`` bytes may decompress to: ``override`` if set
+    (0: no cap), else max(1 GiB, 200x the blob). Real layers compress 2-10x; a decompression
+    bomb (a small blob of zeros, ~1000x for gzip and far more for zstd) would fill the disk."""
+    if override is not None:
+        return override or None
+    return max(LAYER_FLOOR, LAYER_RATIO * compressed)
+
+
+class _Hashing:
+    """Hashes everything read through it (the diff_id of the uncompressed layer) and stops a
+    stream that grows past ``cap`` bytes."""
+
+    def __init__(self, inner: IO[bytes], layer: str, cap: int | None) -> None:
         self._inner = inner
+        self._layer, self._cap = layer, cap
         self.hasher = hashlib.sha256()
         self.size = 0
 
@@ -82,6 +110,10 @@ class _Hashing:
         data = self._inner.read(n)
         self.hasher.update(data)
         self.size += len(data)
+        if self._cap is not None and self.size > self._cap:
+            raise LayerError(self._layer, "", f"decompresses to more than {self._cap} bytes; "
+                             "refused as a decompression bomb", hint=f"if the image is genuine, "
+                             f"raise the cap: {MAX_LAYER_ENV}=SIZE (e.g. 64g; 0 = no cap)")
         return data
 
     def readable(self) -> bool:
@@ -93,9 +125,11 @@ def image_config(store: DirStore, manifest: Manifest) -> ImageConfig:
 
 
 def unpack_layer(store: DirStore, snapshotter: Snapshotter, key: str, desc: Descriptor,
-                 diff_id: Digest, *, rootless: bool | None = None) -> UnpackStats:
+                 diff_id: Digest, *, rootless: bool | None = None,
+                 max_size: int | None = None) -> UnpackStats:
     """Stream blob ``desc`` from the store into active snapshot ``key``, verifying the blob
-    digest and ``diff_id``. Raises DigestMismatch/LayerError; the caller removes ``key``."""
+    digest and ``diff_id`` and capping the decompressed size (``layer_cap``; ``max_size``
+    is the user's override). Raises DigestMismatch/LayerError; the caller removes ``key``."""
     import io
 
     from registry.compression import open_sniffed
@@ -105,7 +139,7 @@ def unpack_layer(store: DirStore, snapshotter: Snapshotter, key: str, desc: Desc
         # The codec comes from the bytes, not the media type (docker sniffs too); the
         # diff_id check below still pins the content.
         _, plain = open_sniffed(io.BufferedReader(RawAdapter(raw), CHUNK))
-        hashed = _Hashing(plain)
+        hashed = _Hashing(plain, str(desc.digest), layer_cap(desc.size, max_size))
         ahead = ReadAhead(hashed)
         try:
             stats = snapshotter.apply_layer(key, io.BufferedReader(ahead, CHUNK), layer=str(desc.digest),
@@ -147,18 +181,19 @@ def ensure_chain_report(store: DirStore, snapshotter: Snapshotter, manifest: Man
             # parent), so one lookup replaces one metadata read per layer
             return ChainResult(chain[-1], tuple(chain), (), tuple(chain), time.perf_counter() - started)
         mapping, dropped = _rootless_plan(snapshotter, rootless)
+        cap = max_layer_size()
         if mapping is not None:
-            done = _unpack_in_userns(store, snapshotter, manifest.layers, config.diff_ids, mapping)
+            done = _unpack_in_userns(store, snapshotter, manifest.layers, config.diff_ids, mapping, cap)
         else:
             done = _unpack_chain(store, snapshotter, manifest.layers, config.diff_ids,
-                                 rootless=rootless, dropped_why=dropped)
+                                 rootless=rootless, dropped_why=dropped, max_size=cap)
     return ChainResult(done.top, tuple(chain), tuple(done.unpacked), tuple(done.reused),
                        time.perf_counter() - started, tuple(done.stats))
 
 
 def _unpack_chain(store: DirStore, snapshotter: Snapshotter, layers: Sequence[Descriptor],
                   diff_ids: Sequence[Digest], *, rootless: bool | None,
-                  dropped_why: str) -> _Progress:
+                  dropped_why: str, max_size: int | None) -> _Progress:
     """Unpack every layer whose ChainID snapshot is missing (the caller holds the store lock).
     ``dropped_why``: why an owner may not be kept here (for the once-per-layer warning)."""
     done = _Progress()
@@ -179,7 +214,8 @@ def _unpack_chain(store: DirStore, snapshotter: Snapshotter, layers: Sequence[De
             snapshotter.prepare(tmp, parent, labels={EXTRACT_LABEL: key})
             try:
                 t0 = time.perf_counter()
-                st = unpack_layer(store, snapshotter, tmp, desc, diff_id, rootless=rootless)
+                st = unpack_layer(store, snapshotter, tmp, desc, diff_id, rootless=rootless,
+                                  max_size=max_size)
                 snapshotter.commit(key, tmp)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -233,7 +269,7 @@ def _rootless_plan(snapshotter: Snapshotter, rootless: bool | None) -> tuple[IdM
 
 # -- rootless: the unpack inside the user namespace -----------------------------------------------
 def _unpack_in_userns(store: DirStore, snapshotter: Snapshotter, layers: Sequence[Descriptor],
-                      diff_ids: Sequence[Digest], mapping: IdMapping) -> _Progress:
+                      diff_ids: Sequence[Digest], mapping: IdMapping, max_size: int | None) -> _Progress:
     """Run the unpack loop in a sandbox child (runtime.sandbox.apply, nsinit apply mode) as
     root of a user namespace mapped with ``mapping``: there chown to any mapped id works and
     the host files get the subordinate ids every container of this user sees. The child
@@ -244,7 +280,7 @@ def _unpack_in_userns(store: DirStore, snapshotter: Snapshotter, layers: Sequenc
     action = {"op": USERNS_OP, "store": os.fspath(store.root), "snapshots": os.fspath(snapshotter.root),
               "xattr_ns": getattr(snapshotter, "xattr_ns", "user"),
               "layers": [d.to_dict() for d in layers], "diff_ids": [str(d) for d in diff_ids],
-              "id_limit": top.container_id + top.size}
+              "id_limit": top.container_id + top.size, "max_layer_size": max_size}
     out = sandbox.apply(action, root=os.fspath(snapshotter.root), idmap=mapping)
     if not isinstance(out, dict):
         raise SandboxError(f"unpacking layers: unexpected reply from the child: {out!r}"[:300])
@@ -283,7 +319,9 @@ def unpack_in_userns(action: Mapping[str, Any]) -> dict[str, Any]:
         limit = int(action.get("id_limit") or 0)
         why = (f"their ids are outside this user's id map (0-{limit - 1}, /etc/subuid)" if limit
                else "their ids are outside this user's id map (/etc/subuid)")
-        done = _unpack_chain(store, sn, layers, diff_ids, rootless=True, dropped_why=why)
+        cap = action.get("max_layer_size")
+        done = _unpack_chain(store, sn, layers, diff_ids, rootless=True, dropped_why=why,
+                             max_size=None if cap is None else int(cap))
     except Exception as exc:  # noqa: BLE001 - every error travels back to the parent
         return {"error": {"module": type(exc).__module__, "name": type(exc).__qualname__,
                           "message": str(exc) if isinstance(exc, RegistryError | SandboxError)

@@ -144,7 +144,7 @@ def run_command(g: Globals, image: str, command: tuple[str, ...], flags: dict[st
 def _run(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any],
          child: Child | None) -> int:
     from registry.errors import RegistryError
-    from runtime.errors import SandboxError
+    from runtime.errors import LayerError, SandboxError, UnsafePath
     from runtime.run import run_image
 
     try:
@@ -160,8 +160,8 @@ def _run(g: Globals, image: str, command: tuple[str, ...], flags: dict[str, Any]
         if req.detach:
             return _detach(g, req, notify)
         return int(run_image(store, req, notify=notify, child=child))
-    except RegistryError as exc:
-        # docker: every failure to set the container up (image included) is exit 125
+    except (RegistryError, LayerError, UnsafePath) as exc:
+        # docker: every failure to set the container up (image and its layers included) is 125
         return _fail(exc)
 
 

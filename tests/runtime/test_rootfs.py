@@ -149,3 +149,75 @@ def test_image_without_layers(store: DirStore, tmp_path: Path) -> None:
     assert ensure_chain(store, sn, load_manifest(store, desc)) is None
     mounts = prepare_rootfs(store, sn, load_manifest(store, desc), "c")
     assert mounts[0].type == "bind" and list(sn.path("c").iterdir()) == []
+
+
+# -- decompression bombs: a small blob that unpacks to far more than a layer can ------------------
+def _zero_file_layer(store: DirStore, size: int) -> Manifest:
+    """A zstd layer holding one ``size``-byte file of zeros, streamed (never held in memory);
+    its diff_id is the real one, so only the size cap can stop it."""
+    import hashlib
+    import tarfile
+
+    import zstandard
+
+    from registry import mediatypes as mt
+    from registry.layertar import LayerBlob
+    from registry.model import Descriptor
+
+    info = tarfile.TarInfo("zeros")
+    info.size, info.mode = size, 0o644
+    head = info.tobuf(format=tarfile.PAX_FORMAT)
+    block = bytes(1 << 20)
+    diff = hashlib.sha256()
+    with store.ingest() as blob, zstandard.ZstdCompressor(level=1).stream_writer(blob, closefd=False) as z:
+        def put(data: bytes) -> None:
+            diff.update(data)
+            z.write(data)
+        put(head)
+        left = size
+        while left:
+            put(block[:min(left, len(block))])
+            left -= min(left, len(block))
+        put(bytes(-size % 512 + 1024))
+    d = blob.descriptor_info
+    layer = LayerBlob(Descriptor(mt.layer_type("zstd"), d.digest, d.size), Digest.from_hasher(diff), 0)
+    config = ImageConfig("amd64", "linux", ContainerConfig(), (layer.diff_id,))
+    return load_manifest(store, store_image(store, config, [layer], tags=["example.com/bomb:1"]))
+
+
+def test_layer_cap_is_a_ratio_with_a_floor_and_an_override() -> None:
+    from runtime.rootfs import LAYER_FLOOR, layer_cap
+
+    assert layer_cap(1000, None) == LAYER_FLOOR                 # small blobs: 1 GiB
+    assert layer_cap(100 << 20, None) == 200 * (100 << 20)      # large ones: 200x
+    assert layer_cap(1000, 5 << 20) == 5 << 20                  # $PYBUILD_MAX_LAYER_SIZE
+    assert layer_cap(1000, 0) is None                           # 0: no cap
+
+
+@pytest.mark.slow
+def test_decompression_bomb_is_refused_and_nothing_is_left(store: DirStore, tmp_path: Path) -> None:
+    manifest = _zero_file_layer(store, (1 << 30) + (64 << 20))   # 1.06 GiB of zeros in a tiny blob
+    assert manifest.layers[0].size < 1 << 20
+    sn = OverlaySnapshotter(tmp_path / "snaps")
+    with pytest.raises(LayerError, match="decompresses to more than 1073741824 bytes") as err:
+        ensure_chain(store, sn, manifest)
+    assert str(manifest.layers[0].digest) in str(err.value)
+    assert "PYBUILD_MAX_LAYER_SIZE" in (err.value.hint or "")
+    assert list(sn.walk()) == []                                  # the partial extract is gone
+    assert [p.name for p in (tmp_path / "snaps").rglob("zeros")] == []
+
+
+def test_max_layer_size_env_caps_and_lifts(store: DirStore, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = _zero_file_layer(store, 3 << 20)
+    monkeypatch.setenv("PYBUILD_MAX_LAYER_SIZE", "2m")
+    with pytest.raises(LayerError, match="more than 2097152 bytes"):
+        ensure_chain(store, CopySnapshotter(tmp_path / "a"), manifest)
+    monkeypatch.setenv("PYBUILD_MAX_LAYER_SIZE", "0")
+    top = ensure_chain(store, CopySnapshotter(tmp_path / "b"), manifest)
+    assert (CopySnapshotter(tmp_path / "b").path(top) / "zeros").stat().st_size == 3 << 20
+    monkeypatch.setenv("PYBUILD_MAX_LAYER_SIZE", "lots")
+    from runtime.errors import SandboxError
+
+    with pytest.raises(SandboxError, match="PYBUILD_MAX_LAYER_SIZE"):
+        ensure_chain(store, CopySnapshotter(tmp_path / "c"), manifest)
