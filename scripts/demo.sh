@@ -79,13 +79,18 @@ run "$PYBUILD" builds show --last
 run "$PYBUILD" run --rm demo/app:1.0
 
 step "9. push it to a local registry and pull it back into a fresh store"
-REG="${REG:-127.0.0.1:5000}"
-if ! curl -fsS -o /dev/null "http://$REG/v2/"; then
-  mkdir -p .state/demo/registry
-  REGISTRY_HTTP_ADDR="$REG" REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$PWD/.state/demo/registry" \
-    nohup docker-registry serve testdata/registry.yml >.state/demo/registry.log 2>&1 &
-  echo $! > .state/demo/registry.pid
-  for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" && break; sleep 0.1; done
+if [ -z "${REG:-}" ]; then
+  # our own registry on a free loopback port, stopped when the demo ends (REG=host:port to use yours)
+  port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  REG="127.0.0.1:$port"
+  rm -rf "$WORK/registry" && mkdir -p "$WORK/registry"
+  REGISTRY_HTTP_ADDR="$REG" REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$WORK/registry" \
+    docker-registry serve testdata/registry.yml >"$WORK/registry.log" 2>&1 &
+  regpid=$!
+  trap 'rc=$?; kill "$regpid" 2>/dev/null || true; wait "$regpid" 2>/dev/null || true; exit $rc' EXIT
+  for _ in $(seq 100); do curl -fsS -o /dev/null "http://$REG/v2/" 2>/dev/null && break; sleep 0.1; done
+  curl -fsS -o /dev/null "http://$REG/v2/" || { echo "demo: docker-registry did not start, see $WORK/registry.log" >&2; exit 1; }
+  echo "docker-registry (Debian's CNCF distribution) serving on $REG"
 fi
 run "$PYBUILD" tag demo/app:1.0 "$REG/demo/app:1.0"
 run "$PYBUILD" push "$REG/demo/app:1.0"
