@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from registry.store import DirStore
+from tests.conftest import skip_or_fail
 from tests.support.images import build_busybox, have_busybox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def user_python() -> str:
     minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     found = shutil.which(minor, path="/usr/bin:/usr/local/bin")
     if found is None or not _others_can_run(found):
-        pytest.skip(f"no {minor} that an unprivileged user can execute")
+        skip_or_fail(f"no {minor} that an unprivileged user can execute")
     return found
 
 
@@ -62,12 +63,12 @@ def site_packages() -> str:
 
 
 def require_rootless_tools() -> None:
-    """Skip (with the reason) where the tools or busybox-static are missing."""
+    """Skip (with the reason; under CI=true fail) where the tools or busybox-static are missing."""
     for tool in TOOLS:
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
+            skip_or_fail(f"{tool} not installed")
     if not have_busybox():
-        pytest.skip("busybox-static not installed")
+        skip_or_fail("busybox-static not installed")
 
 
 def make_user(tmp_path_factory: pytest.TempPathFactory, prefix: str, *, subid_start: int | None,
