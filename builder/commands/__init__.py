@@ -92,6 +92,26 @@ def template_flag() -> Iterator[None]:
         raise UsageError(f"--format: {exc}") from None
 
 
+def each_name(names: Iterable[str], fn: Callable[[str], str | None],
+              errors: type[Exception] | tuple[type[Exception], ...]) -> int:
+    """docker's habit for a verb over several objects (``rm``, ``pause``, ...): apply ``fn`` to
+    each name and print what it returns (nothing for None); an ``errors`` exception is reported
+    as ``error: ...`` and the loop goes on; returns 1 when any name failed."""
+    import click
+
+    code = 0
+    for name in names:
+        try:
+            out = fn(name)
+        except errors as exc:
+            report_error(str(exc), getattr(exc, "hint", None))
+            code = 1
+            continue
+        if out is not None:
+            click.echo(out)
+    return code
+
+
 def inspect_each(names: Iterable[str], view: Callable[[str], Mapping[str, Any]],
                  missing: type[Exception] | tuple[type[Exception], ...], template: str | None) -> int:
     """docker's ``inspect`` of one kind of object: ``error: ...`` on stderr for each name that

@@ -22,6 +22,7 @@ import click
 from builder.commands import (
     Globals,
     confirm,
+    each_name,
     pass_globals,
     prune_report,
     report_error,
@@ -41,17 +42,7 @@ def _each(g: Globals, refs: tuple[str, ...], fn: Callable[[Path, Container], str
 
     root = g.store().root
     cs = container_store(root)
-    code = 0
-    for ref in refs:
-        try:
-            out = fn(root, cs.get(ref))
-        except SandboxError as exc:
-            report_error(str(exc), exc.hint)
-            code = 1
-            continue
-        if out is not None:
-            click.echo(out)
-    return code
+    return each_name(refs, lambda ref: fn(root, cs.get(ref)), SandboxError)
 
 
 # -- ps ---------------------------------------------------------------------------------------------
@@ -328,16 +319,12 @@ def rm(g: Globals, containers: tuple[str, ...], force: bool, volumes: bool) -> i
 
     root = g.store().root
     cs = container_store(root)
-    code = 0
-    for ref in containers:
-        try:
-            remove_container(root, cs.get(ref), force=force, volumes=volumes)
-        except SandboxError as exc:
-            report_error(str(exc), exc.hint)
-            code = 1
-            continue
-        click.echo(ref)
-    return code
+
+    def one(ref: str) -> str:
+        remove_container(root, cs.get(ref), force=force, volumes=volumes)
+        return ref            # docker prints the name as given
+
+    return each_name(containers, one, SandboxError)
 
 
 @click.command("pause")

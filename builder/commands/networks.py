@@ -15,9 +15,9 @@ import click
 from builder.commands import (
     Globals,
     confirm,
+    each_name,
     inspect_each,
     pass_globals,
-    report_error,
     returns_code,
     template_flag,
 )
@@ -185,25 +185,19 @@ def rm(g: Globals, names: tuple[str, ...], force: bool) -> int:
     from runtime.network import NetworkNotFound
 
     st = _store(g)
-    code = 0
-    for n in names:
+
+    def one(n: str) -> str | None:
         if n in ("bridge", "host", "none"):
-            report_error(f"{n} is a pre-defined network and cannot be removed")
-            code = 1
-            continue
+            raise SandboxError(f"{n} is a pre-defined network and cannot be removed")
         try:
             st.remove(n)
-        except NetworkNotFound as exc:
-            if not force:
-                report_error(str(exc), exc.hint)
-                code = 1
-            continue
-        except SandboxError as exc:
-            report_error(str(exc), exc.hint)
-            code = 1
-            continue
-        click.echo(n)
-    return code
+        except NetworkNotFound:
+            if force:
+                return None       # -f: a missing network is not an error
+            raise
+        return n
+
+    return each_name(names, one, SandboxError)
 
 
 network.add_command(rm, "remove")

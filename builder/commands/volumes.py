@@ -12,10 +12,10 @@ import click
 from builder.commands import (
     Globals,
     confirm,
+    each_name,
     inspect_each,
     pass_globals,
     prune_report,
-    report_error,
     returns_code,
     template_flag,
 )
@@ -135,16 +135,12 @@ def rm(g: Globals, names: tuple[str, ...], force: bool) -> int:
     root = g.store().root
     vs = VolumeStore(root / "volumes")
     used = volumes_in_use(container_store(root))
-    code = 0
-    for n in names:
-        try:
-            vs.remove(n, users=used.get(n, ()), force=force)
-        except VolumeError as exc:
-            report_error(str(exc), exc.hint)
-            code = 1
-            continue
-        click.echo(n)
-    return code
+
+    def one(n: str) -> str:
+        vs.remove(n, users=used.get(n, ()), force=force)
+        return n
+
+    return each_name(names, one, VolumeError)
 
 
 volume.add_command(rm, "remove")
