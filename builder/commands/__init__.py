@@ -92,6 +92,25 @@ def template_flag() -> Iterator[None]:
         raise UsageError(f"--format: {exc}") from None
 
 
+def print_rows(rows: Sequence[Mapping[str, Any]], fmt: str | None, headers: Mapping[str, str],
+               columns: Sequence[str]) -> None:
+    """docker's ``--format`` for a listing: ``json`` (one object per line), a Go template
+    (``table ...`` adds a header row; a bad template is a usage error), else the default table
+    of ``columns`` under their ``headers``."""
+    import click
+
+    from builder.commands._format import json_lines, render_rows, table
+
+    if fmt == "json":
+        click.echo(json_lines(rows), nl=False)
+    elif fmt and fmt != "table":
+        with template_flag():
+            click.echo(render_rows(fmt, rows, headers), nl=False)
+    else:
+        click.echo(table([[headers[c] for c in columns]] + [[r[c] for c in columns] for r in rows]),
+                   nl=False)
+
+
 def each_name(names: Iterable[str], fn: Callable[[str], str | None],
               errors: type[Exception] | tuple[type[Exception], ...]) -> int:
     """docker's habit for a verb over several objects (``rm``, ``pause``, ...): apply ``fn`` to

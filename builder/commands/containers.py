@@ -24,12 +24,13 @@ from builder.commands import (
     confirm,
     each_name,
     pass_globals,
+    print_rows,
     prune_report,
     report_error,
     returns_code,
     template_flag,
 )
-from builder.commands._format import human_size, inspect_text, json_lines, render_rows, table
+from builder.commands._format import human_size, inspect_text, table
 
 if TYPE_CHECKING:
     from runtime.containers import Container
@@ -114,16 +115,7 @@ def ps(g: Globals, all_: bool, quiet: bool, no_trunc: bool, last: int, latest: b
         for c, _ in rows:
             click.echo(c.id if no_trunc else c.short_id)
         return 0
-    objs = [r for _, r in rows]
-    if fmt == "json":
-        click.echo(json_lines(objs), nl=False)
-        return 0
-    if fmt and fmt != "table":
-        with template_flag():
-            click.echo(render_rows(fmt, objs, _PS_HEADERS), nl=False)
-        return 0
-    out = [[_PS_HEADERS[k] for k in _PS_COLUMNS]] + [[r[k] for k in _PS_COLUMNS] for r in objs]
-    click.echo(table(out), nl=False)
+    print_rows([r for _, r in rows], fmt, _PS_HEADERS, _PS_COLUMNS)
     return 0
 
 
@@ -463,17 +455,10 @@ def stats(g: Globals, containers: tuple[str, ...], all_: bool, no_stream: bool, 
                          "MemPerc": f"{s.mem_percent:.2f}%",
                          "NetIO": f"{human_size(rx)} / {human_size(tx)}", "BlockIO": "0B / 0B",
                          "PIDs": str(s.pids)})
-        if fmt == "json":
-            click.echo(json_lines(rows), nl=False)
-        elif fmt and fmt != "table":
-            with template_flag():
-                click.echo(render_rows(fmt, rows, _STATS_HEADERS), nl=False)
-        else:
-            cols = ("ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs")
-            if not no_stream and sys.stdout.isatty():
-                click.echo("\x1b[2J\x1b[H", nl=False)
-            click.echo(table([[_STATS_HEADERS[k] for k in cols]] + [[r[k] for k in cols] for r in rows]),
-                       nl=False)
+        if (not fmt or fmt == "table") and not no_stream and sys.stdout.isatty():
+            click.echo("\x1b[2J\x1b[H", nl=False)          # a live table redraws in place
+        print_rows(rows, fmt, _STATS_HEADERS,
+                   ("ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs"))
         if no_stream:
             return 0
         try:

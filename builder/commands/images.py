@@ -17,6 +17,7 @@ from builder.commands import (
     Globals,
     confirm,
     pass_globals,
+    print_rows,
     prune_report,
     report_error,
     returns_code,
@@ -27,10 +28,7 @@ from builder.commands._format import (
     go_time,
     human_size,
     inspect_text,
-    json_lines,
-    render_rows,
     since,
-    table,
 )
 
 if TYPE_CHECKING:
@@ -166,18 +164,8 @@ def images(g: Globals, reference: str | None, all_: bool, quiet: bool, digests: 
     if quiet:
         click.echo("".join(r["ID"] + "\n" for r in rows), nl=False)
         return 0
-    if fmt == "json":
-        click.echo(json_lines(rows), nl=False)
-        return 0
-    if fmt and fmt != "table":
-        with template_flag():
-            click.echo(render_rows(fmt, rows, _IMAGE_HEADERS), nl=False)
-        return 0
-    cols = ["Repository", "Tag"] + (["Digest"] if digests else []) + ["ID", "CreatedSince", "Size"]
-    out = [[_IMAGE_HEADERS[c] for c in cols]]
-    for r in rows:
-        out.append([r[c] if c != "Digest" or r["Digest"] else "<none>" for c in cols])
-    click.echo(table(out), nl=False)
+    print_rows(rows, fmt, _IMAGE_HEADERS,
+               ["Repository", "Tag"] + (["Digest"] if digests else []) + ["ID", "CreatedSince", "Size"])
     return 0
 
 
@@ -283,14 +271,8 @@ def history(g: Globals, image: str, human: bool, human_value: str | None, no_tru
         })
     if quiet:
         click.echo("".join(r["ID"] + "\n" for r in rows), nl=False)
-    elif fmt == "json":
-        click.echo(json_lines(rows), nl=False)
-    elif fmt and fmt != "table":
-        click.echo(render_rows(fmt, rows, _HISTORY_HEADERS), nl=False)
     else:
-        cols = ["ID", "CreatedSince", "CreatedBy", "Size", "Comment"]
-        click.echo(table([[_HISTORY_HEADERS[c] for c in cols]] + [[r[c] for c in cols] for r in rows]),
-                   nl=False)
+        print_rows(rows, fmt, _HISTORY_HEADERS, ["ID", "CreatedSince", "CreatedBy", "Size", "Comment"])
     return 0
 
 
@@ -443,13 +425,7 @@ def system_df(g: Globals, fmt: str | None) -> int:
         {"Type": "Build Cache", "TotalCount": str(du.cache_records), "Active": "0",
          "Size": human_size(cache_size), "Reclaimable": human_size(cache_size)},
     ]
-    if fmt == "json":
-        click.echo(json_lines(rows), nl=False)
-    elif fmt and fmt != "table":
-        click.echo(render_rows(fmt, rows, _DF_HEADERS), nl=False)
-    else:
-        cols = list(_DF_HEADERS)
-        click.echo(table([[_DF_HEADERS[c] for c in cols]] + [[r[c] for c in cols] for r in rows]), nl=False)
+    print_rows(rows, fmt, _DF_HEADERS, list(_DF_HEADERS))
     return 0
 
 

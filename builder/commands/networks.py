@@ -18,10 +18,9 @@ from builder.commands import (
     each_name,
     inspect_each,
     pass_globals,
+    print_rows,
     returns_code,
-    template_flag,
 )
-from builder.commands._format import json_lines, render_rows, table
 
 if TYPE_CHECKING:
     from runtime.network import NetworkStore
@@ -118,14 +117,7 @@ def ls(g: Globals, quiet: bool, no_trunc: bool, filters: tuple[str, ...], fmt: s
         for r in rows:
             click.echo(r["ID"])
         return 0
-    if fmt == "json":
-        click.echo(json_lines(rows), nl=False)
-    elif fmt and fmt != "table":
-        with template_flag():
-            click.echo(render_rows(fmt, rows, _LS_HEADERS), nl=False)
-    else:
-        cols = ("ID", "Name", "Driver", "Scope")
-        click.echo(table([[_LS_HEADERS[c] for c in cols]] + [[r[c] for c in cols] for r in rows]), nl=False)
+    print_rows(rows, fmt, _LS_HEADERS, ("ID", "Name", "Driver", "Scope"))
     return 0
 
 

@@ -15,11 +15,10 @@ from builder.commands import (
     each_name,
     inspect_each,
     pass_globals,
+    print_rows,
     prune_report,
     returns_code,
-    template_flag,
 )
-from builder.commands._format import json_lines, render_rows, table
 
 
 def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -96,13 +95,7 @@ def ls(g: Globals, quiet: bool, filters: tuple[str, ...], fmt: str | None) -> in
         return 0
     rows = [{"Driver": v.driver, "Name": v.name, "Mountpoint": v.mountpoint, "Scope": "local",
              "Labels": ",".join(f"{k}={x}" for k, x in sorted(v.labels.items()))} for v in vols]
-    if fmt == "json":
-        click.echo(json_lines(rows), nl=False)
-    elif fmt and fmt != "table":
-        with template_flag():
-            click.echo(render_rows(fmt, rows, _LS_HEADERS), nl=False)
-    else:
-        click.echo(table([["DRIVER", "VOLUME NAME"]] + [[r["Driver"], r["Name"]] for r in rows]), nl=False)
+    print_rows(rows, fmt, _LS_HEADERS, ("Driver", "Name"))
     return 0
 
 

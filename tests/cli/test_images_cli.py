@@ -196,3 +196,11 @@ def test_system_df_and_prune(cli, populated) -> None:
     assert all(store.has(x) for x in StoreImage(store, b).blobs())
     live = set(StoreImage(store, a).blobs()) | set(StoreImage(store, b).blobs())
     assert set(store.walk()) == live
+
+
+@pytest.mark.parametrize("verb", [["images"], ["history", "alpha:1"], ["system", "df"]])
+def test_a_bad_format_template_is_a_usage_error(cli, populated, verb: list[str]) -> None:  # type: ignore[no-untyped-def]
+    r = cli(*verb, "--format", "{{.NoSuchField}}")
+    assert r.code == 125
+    assert r.stderr.startswith("error: --format: ") and "NoSuchField" in r.stderr
+    assert "internal error" not in r.stderr and r.stdout == ""
