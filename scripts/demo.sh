@@ -97,5 +97,7 @@ run "$PYBUILD" push "$REG/demo/app:1.0"
 rm -rf "$WORK/pulled"
 run "$PYBUILD" --root "$WORK/pulled" pull "$REG/demo/app:1.0"
 run "$PYBUILD" --root "$WORK/pulled" run --rm "$REG/demo/app:1.0"
+# the registry's port differs per run: drop the extra tag so reruns do not pile tags up
+run "$PYBUILD" rmi "$REG/demo/app:1.0"
 
 step "done"
