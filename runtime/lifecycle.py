@@ -503,12 +503,8 @@ def _in_stopped_root(root: Path, c: Container, fn: Callable[[int], None]) -> Non
     the image, plus its volumes and binds) mounted in the private mount namespace of a forked
     child: nothing is mounted on the host. Root only."""
     import importlib
-    import json
-    import tempfile
 
-    from runtime import _syscalls as sc
-    from runtime import pathsafe
-    from runtime.nsinit import mount_rootfs
+    from runtime.rootfs import in_private_root
     from runtime.volumes import VolumeStore, host_source
 
     if os.geteuid() != 0:
@@ -519,55 +515,14 @@ def _in_stopped_root(root: Path, c: Container, fn: Callable[[int], None]) -> Non
     if not r.snapshot_key:
         raise ContainerStateError(f"cp: container {c.name} has no filesystem")
     run_mod = importlib.import_module("runtime.run")
-    mounts = [{"type": m.type, "source": m.source, "options": list(m.options)}
-              for m in run_mod.open_snapshotter(root, r.snapshotter or None).mounts(r.snapshot_key)]
+    mounts = run_mod.open_snapshotter(root, r.snapshotter or None).mounts(r.snapshot_key)
     vstore = VolumeStore(root / "volumes")
     binds = [(str(host_source(vstore, m)), m.destination, m.readonly) for m in r.mounts
              if m.type in ("bind", "volume")]
-    target = Path(tempfile.mkdtemp(prefix="pybuild-cp-"))
-    rd, wr = os.pipe()
     try:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(rd)
-                sc.unshare(sc.CLONE_NEWNS)
-                sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-                mount_rootfs(mounts, str(target))
-                root_fd = pathsafe.open_root(target)
-                for src, dest, ro in binds:
-                    with contextlib.suppress(OSError, SandboxError):
-                        fd = pathsafe.open_dir(root_fd, pathsafe.clean_name(dest))
-                        where = f"/proc/self/fd/{fd}"
-                        sc.mount(src, where, None, sc.MS_BIND | sc.MS_REC)
-                        if ro:
-                            sc.mount(None, where, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-                        os.close(fd)
-                os.close(root_fd)
-                root_fd = pathsafe.open_root(target)
-                fn(root_fd)
-                code = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                with contextlib.suppress(OSError):
-                    os.write(wr, json.dumps({"error": str(exc), "hint": getattr(exc, "hint", None)}).encode())
-            finally:
-                os._exit(code)
-        os.close(wr)
-        wr = -1
-        data = b""
-        while chunk := os.read(rd, 65536):
-            data += chunk
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            doc = json.loads(data) if data else {"error": "the copy helper failed"}
-            raise ContainerError(str(doc.get("error")), hint=doc.get("hint"))
-    finally:
-        os.close(rd)
-        if wr >= 0:
-            os.close(wr)
-        with contextlib.suppress(OSError):
-            target.rmdir()
+        in_private_root(mounts, fn, binds=binds)
+    except SandboxError as exc:
+        raise ContainerError(str(exc), hint=exc.hint) from None
 
 
 def _copy_fd_tree(src_dir: int, dst: Path) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -384,3 +384,68 @@ def prepare_rootfs(store: DirStore, snapshotter: Snapshotter, manifest: Manifest
 
 def load_manifest(store: DirStore, desc: Descriptor) -> Manifest:
     return Manifest.from_json(store.read(desc.digest), media_type=desc.media_type)
+
+
+def in_private_root(mounts: Sequence[Mount], work: Callable[[int], Any], *,
+                    binds: Sequence[tuple[str, str, bool]] = ()) -> Any:
+    """Run ``work(root_fd)`` on a container's filesystem without mounting anything on the host:
+    a forked child mounts ``mounts`` (the rootfs: its writable layer over the image) and
+    ``binds`` ((host source, container path, read-only); one that cannot be placed is left
+    out) in its own private mount namespace, calls ``work`` with an fd of the root, and exits,
+    taking the mounts with it. Returns ``work``'s result (JSON-able); a failure in the child
+    comes back as SandboxError with the child's message and hint. Root only."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from runtime import _syscalls as sc
+    from runtime import pathsafe
+    from runtime.nsinit import mount_rootfs
+
+    dicts = [{"type": m.type, "source": m.source, "options": list(m.options)} for m in mounts]
+    target = Path(tempfile.mkdtemp(prefix="pybuild-root-"))
+    rd, wr = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(rd)
+                sc.unshare(sc.CLONE_NEWNS)
+                sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+                mount_rootfs(dicts, str(target))
+                root_fd = pathsafe.open_root(target)
+                for src, dest, ro in binds:
+                    with contextlib.suppress(OSError, SandboxError):
+                        fd = pathsafe.open_dir(root_fd, pathsafe.clean_name(dest))
+                        where = f"/proc/self/fd/{fd}"
+                        sc.mount(src, where, None, sc.MS_BIND | sc.MS_REC)
+                        if ro:
+                            sc.mount(None, where, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+                        os.close(fd)
+                os.close(root_fd)
+                result = work(pathsafe.open_root(target))   # opened after the binds: sees them
+                os.write(wr, json.dumps({"result": result}).encode())
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                with contextlib.suppress(OSError):
+                    os.write(wr, json.dumps({"error": str(exc) or type(exc).__name__,
+                                             "hint": getattr(exc, "hint", None)}).encode())
+            finally:
+                os._exit(code)
+        os.close(wr)
+        wr = -1
+        data = b""
+        while chunk := os.read(rd, 65536):
+            data += chunk
+        _, status = os.waitpid(pid, 0)
+        doc = json.loads(data) if data else {}
+        if status != 0 or "result" not in doc:
+            raise SandboxError(str(doc.get("error") or "the helper process failed"), hint=doc.get("hint"))
+        return doc["result"]
+    finally:
+        os.close(rd)
+        if wr >= 0:
+            os.close(wr)
+        with contextlib.suppress(OSError):
+            target.rmdir()

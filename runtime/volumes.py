@@ -349,54 +349,29 @@ def populate_volumes(store_root: Path, c: Any) -> list[str]:
         return []
     import importlib
 
+    from runtime import pathsafe
+    from runtime.rootfs import in_private_root
+
     run_mod = importlib.import_module("runtime.run")
     mounts = run_mod.open_snapshotter(store_root, c.record.snapshotter or None).mounts(c.record.snapshot_key)
-    mount_dicts = [{"type": m.type, "source": m.source, "options": list(m.options)} for m in mounts]
-    import tempfile
 
-    from runtime import _syscalls as sc
-    from runtime import pathsafe
-    from runtime.nsinit import mount_rootfs
-
-    target = Path(tempfile.mkdtemp(prefix="pybuild-populate-"))
-    filled: list[str] = []
-    try:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:   # the child: private mounts, copy, exit (the mounts die with it)
-            code = 1
+    def fill(root_fd: int) -> list[str]:     # in the child, with the rootfs mounted privately
+        done = []
+        for name, dest in todo:
+            vol = vstore.get(name)
             try:
-                os.close(r)
-                sc.unshare(sc.CLONE_NEWNS)
-                sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-                mount_rootfs(mount_dicts, str(target))
-                root_fd = pathsafe.open_root(target)
-                done = []
-                for name, dest in todo:
-                    vol = vstore.get(name)
-                    try:
-                        fd = pathsafe.open_dir(root_fd, pathsafe.clean_name(dest))
-                    except (FileNotFoundError, NotADirectoryError):
-                        vstore.populate(vol, None)
-                        continue
-                    dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-                    os.close(fd)
-                    vstore.populate(vol, Path(f"/proc/self/fd/{dfd}"))
-                    done.append(name)
-                os.write(w, json.dumps(done).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        data = b""
-        while chunk := os.read(r, 65536):
-            data += chunk
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            raise VolumeError(f"container {c.id[:12]}: could not copy the image's content into its volumes")
-        filled = list(json.loads(data or b"[]"))
-    finally:
-        with contextlib.suppress(OSError):
-            target.rmdir()
-    return filled
+                fd = pathsafe.open_dir(root_fd, pathsafe.clean_name(dest))
+            except (FileNotFoundError, NotADirectoryError):
+                vstore.populate(vol, None)
+                continue
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            vstore.populate(vol, Path(f"/proc/self/fd/{dfd}"))
+            done.append(name)
+        return done
+
+    try:
+        return list(in_private_root(mounts, fill))
+    except SandboxError as exc:
+        raise VolumeError(f"container {c.id[:12]}: could not copy the image's content into its "
+                          f"volumes: {exc}", hint=exc.hint) from None
